@@ -1,0 +1,161 @@
+"""MobileNetV2 embeddings of every labelled image, and the images that could not be embedded."""
+
+
+import math
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+from dagster_pyspark import PySparkResource
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from fruit_assets import lake
+from fruit_assets.embedding import embed_column
+from fruit_assets.images import INPUT_SIZE
+from fruit_assets.lake import PARTITION_COLUMN
+from fruit_assets.metadata import count_table
+from fruit_assets.partitions import fruit_class_partitions
+from resources.settings import ImageSource, LakeSettings, MobileNetSettings
+
+IMAGES_PER_TASK = 256  # small tasks keep both cores busy to the end; the model is reused across them
+PREPROCESSING = (
+    "PIL decode; convert to RGB if needed; bilinear resize to 224x224 (as keras.utils.load_img); "
+    "x / 127.5 - 1 (keras.applications.mobilenet_v2.preprocess_input)"
+)
+
+
+def local_weights(weights: str | None, cache_dir: str) -> str | None:
+    """A local path for the weights, downloading an s3:// URI once into the cache."""
+    if not weights or not weights.startswith("s3://"):
+        return weights
+    import boto3
+
+    bucket, _, key = weights[len("s3://"):].partition("/")
+    target = Path(cache_dir).expanduser() / "weights" / bucket / key
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(target.suffix + ".partial")
+        boto3.client("s3").download_file(bucket, key, str(partial))
+        partial.replace(target)
+    return str(target)
+
+
+def model_info(mobilenet: MobileNetSettings, artifact) -> dict:
+    import numpy
+    import PIL
+    import pyspark
+
+    from fruit_assets.engines import engine_versions
+
+    return {
+        "model": "MobileNetV2 (alpha 1.0, ImageNet weights, include_top=False, frozen, global average pooling)",
+        "embedding_dim": 1280,
+        "input_size": f"{INPUT_SIZE[0]}x{INPUT_SIZE[1]}x3",
+        "preprocessing": PREPROCESSING,
+        "weights": mobilenet.weights or "keras imagenet download",
+        "weights_sha256": artifact.weights_sha256,
+        "engine": artifact.engine,
+        "versions": {
+            **engine_versions(),
+            "pyspark": pyspark.__version__,
+            "pillow": PIL.__version__,
+            "numpy": numpy.__version__,
+            "python": platform.python_version(),
+        },
+        "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+@dg.multi_asset(
+    outs={
+        "mobilenet_features": dg.AssetOut(
+            io_manager_key="lake_io_manager",
+            kinds={"spark", "parquet", "tensorflow"},
+            description="One 1280-float MobileNetV2 (ImageNet) embedding per image, with its path, label and split.",
+        ),
+        "image_errors": dg.AssetOut(
+            io_manager_key="lake_io_manager",
+            kinds={"spark", "parquet"},
+            description="Images that could not be decoded or embedded, each with its path, label and the reason.",
+        ),
+    },
+    partitions_def=fruit_class_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    group_name="features",
+    ins={"labelled_images": dg.AssetIn()},
+)
+def mobilenet_features_and_errors(
+    context: dg.AssetExecutionContext,
+    labelled_images: DataFrame,
+    pyspark: PySparkResource,
+    images: ImageSource,
+    mobilenet: MobileNetSettings,
+    lake_settings: LakeSettings,
+):
+    from fruit_assets.engines import prepare_artifact
+
+    spark = pyspark.spark_session
+    artifact = prepare_artifact(
+        mobilenet.engine, local_weights(mobilenet.weights, mobilenet.cache_dir), Path(mobilenet.cache_dir).expanduser()
+    )
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(mobilenet.arrow_batch_size))
+    broadcast = spark.sparkContext.broadcast(artifact)
+
+    count = labelled_images.count()
+    tasks = max(spark.sparkContext.defaultParallelism, math.ceil(count / IMAGES_PER_TASK))
+    embedded = labelled_images.repartition(tasks).select(
+        "path", "label", "split", "sha256", PARTITION_COLUMN,
+        embed_column(F.col("content"), broadcast, mobilenet.threads_per_task, images.max_image_pixels).alias("_out"),
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    started = time.monotonic()
+    embedded_count = embedded.count()  # the single pass over the images: decode + forward pass
+    seconds = time.monotonic() - started
+
+    features = embedded.where(F.col("_out.error").isNull()).select(
+        "path", "label", "split", "sha256", F.col("_out.features").alias("features"), PARTITION_COLUMN
+    )
+    errors = embedded.where(F.col("_out.error").isNotNull()).select(
+        "path", "label", "split", "sha256", F.col("_out.error").alias("reason"), PARTITION_COLUMN
+    )
+    per_class = {r[PARTITION_COLUMN]: r["count"] for r in features.groupBy(PARTITION_COLUMN).count().collect()}
+    error_rows = errors.select("path", "label", "reason").orderBy("path").limit(200).collect()
+    error_count = errors.count()
+
+    info = model_info(mobilenet, artifact)
+    info_df = spark.createDataFrame([{**info, "versions": str(info["versions"])}])
+    lake.write_table(info_df, lake.join(lake.validate_root(lake_settings.root), "model_info"))
+
+    yield dg.Output(
+        features,
+        output_name="mobilenet_features",
+        metadata={
+            "images_in": count,
+            "images_embedded": embedded_count - error_count,
+            "errors": error_count,
+            "images_per_class": count_table(per_class),
+            "embedding_dim": 1280,
+            "engine": artifact.engine,
+            "weights_sha256": artifact.weights_sha256,
+            "spark_tasks": tasks,
+            "embedding_seconds": round(seconds, 2),
+            "images_per_second": round(embedded_count / seconds, 1) if seconds > 0 else 0.0,
+            "model_info": dg.MetadataValue.json(info),
+        },
+    )
+    yield dg.Output(
+        errors,
+        output_name="image_errors",
+        metadata={
+            "errors": error_count,
+            "errors_table": dg.MetadataValue.md(
+                "| path | label | reason |\n|---|---|---|\n"
+                + "\n".join("| " + " | ".join(str(r[c]).replace("|", "\\|") for c in ("path", "label", "reason")) + " |" for r in error_rows)
+            )
+            if error_rows
+            else dg.MetadataValue.text("no errors"),
+        },
+    )

@@ -1,0 +1,135 @@
+"""Ingest: the photos of each fruit class, read with Spark's binaryFile source, then labelled from their folders."""
+
+
+import time
+
+import dagster as dg
+from dagster_pyspark import PySparkResource
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.window import Window
+
+from fruit_assets.images import IMAGE_EXTENSIONS
+from fruit_assets.lake import PARTITION_COLUMN
+from fruit_assets.layout import LayoutError, class_folders, glob_escape, normalize_root, spark_path
+from fruit_assets.metadata import count_table
+from fruit_assets.partitions import class_name, fruit_class_partitions
+from resources.settings import ImageSource
+
+IMAGE_PATH_REGEX = r"(?i)\.(" + "|".join(e.lstrip(".") for e in IMAGE_EXTENSIONS) + r")$"
+
+
+class RawImagesConfig(dg.Config):
+    limit_per_class: int | None = None  # "mini" mode: the first N images of each class, by path
+
+
+def read_class_files(spark, folders: dict[str, list[str]]) -> DataFrame:
+    """Every file under the given class folders, tagged with the class it was read for (bytes not yet read)."""
+    frames = [
+        spark.read.format("binaryFile")
+        .option("recursiveFileLookup", "true")
+        .load([glob_escape(f) for f in paths])
+        .withColumn(PARTITION_COLUMN, F.lit(name))
+        for name, paths in folders.items()
+        if paths
+    ]
+    if not frames:
+        return None
+    out = frames[0]
+    for frame in frames[1:]:
+        out = out.unionByName(frame)
+    return out
+
+
+@dg.asset(
+    partitions_def=fruit_class_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    io_manager_key="lake_io_manager",
+    group_name="ingest",
+    kinds={"spark", "parquet"},
+    description="The image files of each fruit class, bytes included, as read by Spark's binaryFile source.",
+)
+def raw_images(
+    context: dg.AssetExecutionContext, config: RawImagesConfig, pyspark: PySparkResource, images: ImageSource
+) -> dg.Output[DataFrame]:
+    started = time.monotonic()
+    spark = pyspark.spark_session
+    classes = [class_name(k) for k in context.partition_keys]
+    folders = class_folders(images.root, classes)
+    missing = sorted(name for name, paths in folders.items() if not paths)
+    if missing:
+        raise LayoutError(
+            f"No folder for class(es) {missing} under any split of {normalize_root(images.root)!r} "
+            "(expected <root>/<Split>/<Class name>/). Was the folder renamed or removed?"
+        )
+    files = read_class_files(spark, folders).drop("modificationTime")
+    is_image = F.col("path").rlike(IMAGE_PATH_REGEX)
+    listing = files.select(PARTITION_COLUMN, is_image.alias("is_image"), "length").groupBy(PARTITION_COLUMN, "is_image")
+    summary = listing.agg(F.count("*").alias("files"), F.sum("length").alias("bytes")).collect()
+    found = {c: 0 for c in classes}
+    ignored = {c: 0 for c in classes}
+    for row in summary:
+        (found if row["is_image"] else ignored)[row[PARTITION_COLUMN]] += row["files"]
+    image_files = files.where(is_image)
+    if config.limit_per_class:
+        ranked = F.row_number().over(Window.partitionBy(PARTITION_COLUMN).orderBy("path"))
+        image_files = image_files.withColumn("_rank", ranked).where(F.col("_rank") <= config.limit_per_class).drop("_rank")
+        found = {c: min(n, config.limit_per_class) for c, n in found.items()}
+    bytes_read = sum(r["bytes"] or 0 for r in summary if r["is_image"])
+    empty = sorted(c for c, n in found.items() if n == 0)
+    if empty:
+        context.log.warning(f"Class folders with no image files (no rows written): {empty}")
+    context.log.info(f"{sum(found.values())} image files in {len(classes)} classes; {sum(ignored.values())} other files ignored")
+    return dg.Output(
+        image_files,
+        metadata={
+            "images": sum(found.values()),
+            "classes": len(classes),
+            "images_per_class": count_table(found),
+            "ignored_files": sum(ignored.values()),
+            "ignored_files_per_class": count_table({c: n for c, n in ignored.items() if n}, value="files"),
+            "empty_classes": dg.MetadataValue.json(empty),
+            "bytes_listed": int(bytes_read),
+            "images_root": images.root,
+            "limit_per_class": config.limit_per_class or 0,
+            "listing_seconds": round(time.monotonic() - started, 2),
+        },
+    )
+
+
+def with_location(files: DataFrame, images_root: str) -> DataFrame:
+    """Adds `split` and `label` (the folder right under the split) from each path relative to the images root."""
+    prefix = spark_path(normalize_root(images_root)) + "/"
+    relative = F.expr(f"substring(path, {len(prefix) + 1})")
+    parts = F.split(relative, "/")
+    return (
+        files.withColumn("_prefix_ok", F.col("path").startswith(prefix))
+        .withColumn("split", F.when(F.col("_prefix_ok"), parts.getItem(0)))
+        .withColumn("label", F.when(F.col("_prefix_ok") & (F.size(parts) >= 3), parts.getItem(1)))
+        .drop("_prefix_ok")
+    )
+
+
+@dg.asset(
+    partitions_def=fruit_class_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    io_manager_key="lake_io_manager",
+    group_name="ingest",
+    kinds={"spark", "parquet"},
+    description="Each image with its label (the class folder name), its split (e.g. Test) and a SHA-256 of its bytes.",
+)
+def labelled_images(
+    context: dg.AssetExecutionContext, raw_images: DataFrame, images: ImageSource
+) -> dg.Output[DataFrame]:
+    labelled = with_location(raw_images, images.root).withColumn("sha256", F.sha2(F.col("content"), 256))
+    labelled = labelled.select("path", "label", "split", "sha256", "length", "content", PARTITION_COLUMN)
+    per_split = {r["split"] or "?": r["count"] for r in labelled.groupBy("split").count().collect()}
+    per_class = {r[PARTITION_COLUMN]: r["count"] for r in labelled.groupBy(PARTITION_COLUMN).count().collect()}
+    return dg.Output(
+        labelled,
+        metadata={
+            "images": sum(per_class.values()),
+            "images_per_class": count_table(per_class),
+            "images_per_split": count_table(per_split, key="split"),
+        },
+    )

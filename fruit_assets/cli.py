@@ -1,0 +1,161 @@
+"""`fruits`: materialize the graph from a terminal, recorded in the Dagster instance so the UI shows the runs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+FLAG_ENV = {
+    "images": "FRUITS_IMAGES_ROOT",
+    "lake": "FRUITS_LAKE_ROOT",
+    "weights": "FRUITS_MOBILENET_WEIGHTS",
+    "pca_k": "FRUITS_PCA_K",
+    "engine": "FRUITS_ENGINE",
+    "deployment": "FRUITS_DEPLOYMENT",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fruits", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="materialize the whole graph (all classes, or --classes) in this process")
+    run.add_argument("--images", help="images root, local folder or s3:// URI (FRUITS_IMAGES_ROOT)")
+    run.add_argument("--lake", help="lake root, local folder or s3:// URI (FRUITS_LAKE_ROOT)")
+    run.add_argument("--weights", help="MobileNetV2 no-top .h5 weights, local or s3:// (FRUITS_MOBILENET_WEIGHTS)")
+    run.add_argument("--pca-k", type=int, help="number of PCA components (FRUITS_PCA_K, default 50)")
+    run.add_argument("--engine", choices=["onnx", "tensorflow"], help="inference engine (FRUITS_ENGINE)")
+    run.add_argument("--deployment", choices=["local", "emr"], help="where Spark runs (FRUITS_DEPLOYMENT)")
+    run.add_argument("--limit-per-class", type=int, metavar="N", help="mini mode: the first N images of each class")
+    run.add_argument("--classes", nargs="+", metavar="CLASS", help="only these class folder names")
+    sub.add_parser("classes", help="list the class folders found under the images root")
+    return parser
+
+
+def _use_flags(args: argparse.Namespace) -> None:
+    for flag, name in FLAG_ENV.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            os.environ[name] = str(value)
+    if not os.environ.get("DAGSTER_HOME"):
+        from resources import PROJECT_DIR
+
+        home = PROJECT_DIR / ".dagster_home"
+        home.mkdir(exist_ok=True)
+        os.environ["DAGSTER_HOME"] = str(home)
+
+
+def _say(message: str) -> None:
+    print(f"[fruits] {message}", flush=True)
+
+
+def select_classes(available: list[str], asked: list[str] | None) -> list[str]:
+    if not asked:
+        return available
+    unknown = [c for c in asked if c not in available]
+    if unknown:
+        raise SystemExit(
+            f"fruits: no images for class(es) {unknown} under the images root. Known classes: "
+            + ", ".join(available[:20])
+            + (" ..." if len(available) > 20 else "")
+        )
+    return sorted(set(asked))
+
+
+def run(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    import jobs
+    from fruit_assets.layout import discover
+    from fruit_assets.partitions import contiguous_ranges, fruit_class_partitions, partition_key
+    from fruit_assets.sensors import register_classes
+    from resources import settings_resources
+
+    started = time.monotonic()
+    settings = settings_resources()
+    root = settings["images"].root
+    _say(f"images root: {root}")
+    _say(f"lake root:   {settings['lake_settings'].root}")
+    _say(f"weights:     {settings['mobilenet'].weights or 'Keras ImageNet download'} (engine {settings['mobilenet'].engine})")
+    found = discover(root)
+    if found.empty_classes:
+        _say(f"empty class folders (no partition, no rows): {found.empty_classes}")
+    if found.outside_classes:
+        _say(
+            f"{len(found.outside_classes)} image file(s) outside any class folder, not processed "
+            f"(expected <root>/<Split>/<Class name>/<file>): {found.outside_classes[:5]}"
+        )
+    classes = select_classes(found.class_names, args.classes)
+    instance = dg.DagsterInstance.get()
+    register_classes(instance, found.class_names)
+    ordered = instance.get_dynamic_partitions(fruit_class_partitions.name)
+    ranges = contiguous_ranges([partition_key(c) for c in classes], ordered)
+    _say(f"{len(classes)} classes to embed, in {len(ranges)} run(s); DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
+
+    run_config = {"ops": {"raw_images": {"config": {"limit_per_class": args.limit_per_class}}}}
+    results = []
+    for first, last in ranges:
+        tags = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
+        _say(f"embedding classes {first!r} .. {last!r}")
+        result = dg.execute_job(dg.reconstructable(jobs.embed_classes), instance=instance, tags=tags, run_config=run_config)
+        results.append(result)
+        if not result.success:
+            return _fail(result)
+    _say("fitting PCA over every materialized class")
+    result = dg.execute_job(dg.reconstructable(jobs.reduce), instance=instance)
+    results.append(result)
+    if not result.success:
+        return _fail(result)
+    _summary(instance, results, time.monotonic() - started)
+    return 0
+
+
+def _fail(result) -> int:
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE":
+            _say(f"FAILED: {event.step_key}: {event.event_specific_data.error.message.strip()}")
+    _say(f"run {result.run_id} failed; see it in the Dagster UI (fruits ui) for the full logs.")
+    return 1
+
+
+def _summary(instance, results, seconds: float) -> None:
+    import dagster as dg
+
+    def latest(asset: str) -> dict:
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+        return {k: v.value for k, v in event.asset_materialization.metadata.items()} if event else {}
+
+    features, pca, errors = latest("mobilenet_features"), latest("pca_model"), latest("image_errors")
+    checks = []
+    for result in results:
+        for event in result.all_events:
+            if event.event_type_value == "ASSET_CHECK_EVALUATION":
+                data = event.event_specific_data
+                checks.append(f"{data.check_name}: {'passed' if data.passed else 'FAILED'}")
+    _say("done in %.1f s" % seconds)
+    _say(f"features: {features.get('images_embedded')} images at {features.get('images_per_second')} img/s "
+         f"({features.get('engine')}); errors: {errors.get('errors')}")
+    _say(f"PCA k={pca.get('k')}: total explained variance {pca.get('total_explained_variance')}, "
+         f"90% with {pca.get('components_for_90_percent')}, 95% with {pca.get('components_for_95_percent')} components")
+    for line in checks:
+        _say(f"check {line}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _use_flags(args)
+    if args.command == "classes":
+        from fruit_assets.layout import discover
+        from resources import settings_resources
+
+        found = discover(settings_resources()["images"].root)
+        for name, splits in sorted(found.classes.items()):
+            print(f"{name}\t{','.join(splits)}")
+        return 0
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Resources for the whole graph, chosen per deployment in this one place.
+
+FRUITS_DEPLOYMENT=local (default): embedded Spark (local[*]), a local lake folder, no step launcher.
+FRUITS_DEPLOYMENT=emr: the same assets, with their Spark work sent to an EMR cluster by dagster-aws's
+PySpark step launcher and the lake on S3 (see resources/emr.py).
+Settings come from FRUITS_* environment variables (the `fruits` CLI sets them from its flags).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dagster_pyspark import PySparkResource
+
+from resources.io_managers import SparkLakeIOManager
+from resources.settings import ImageSource, LakeSettings, MobileNetSettings, PcaSettings
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+SHARED_DIR = PROJECT_DIR.parent / "shared"
+WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+
+# Spark settings that matter for this workload; see README "Performance".
+LOCAL_SPARK_CONFIG = {
+    "spark.master": "local[*]",
+    "spark.app.name": "fruit_assets",
+    "spark.driver.memory": "3g",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.sql.sources.partitionColumnTypeInference.enabled": "false",
+    "spark.sql.sources.partitionOverwriteMode": "dynamic",
+    "spark.sql.shuffle.partitions": "8",
+    "spark.python.worker.reuse": "true",
+    "spark.task.maxFailures": "4",
+    "spark.sql.parquet.compression.codec": "snappy",
+}
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def default_images_root() -> str:
+    shared = SHARED_DIR / "data" / "fruits-360"
+    return str(shared if shared.exists() else Path.cwd() / "images")
+
+
+def default_weights() -> str | None:
+    shared = SHARED_DIR / "models" / WEIGHTS_FILE
+    return str(shared) if shared.exists() else None
+
+
+def default_engine() -> str:
+    from fruit_assets.engines import default_engine as engine
+
+    return engine()
+
+
+def settings_resources() -> dict:
+    """Where the data is and how to process it: the same for every deployment."""
+    lake_root = env("FRUITS_LAKE_ROOT", str(PROJECT_DIR / "lake"))
+    return {
+        "images": ImageSource(
+            root=env("FRUITS_IMAGES_ROOT", default_images_root()),
+            max_image_pixels=int(env("FRUITS_MAX_IMAGE_PIXELS", "89478485")),
+        ),
+        "mobilenet": MobileNetSettings(
+            weights=env("FRUITS_MOBILENET_WEIGHTS", default_weights()),
+            engine=env("FRUITS_ENGINE") or default_engine(),
+            cache_dir=env("FRUITS_CACHE_DIR", str(Path.home() / ".cache" / "fruit_assets")),
+            threads_per_task=int(env("FRUITS_ENGINE_THREADS", "1")),
+            arrow_batch_size=int(env("FRUITS_ARROW_BATCH", "64")),
+        ),
+        "pca": PcaSettings(k=int(env("FRUITS_PCA_K", "50"))),
+        "lake_settings": LakeSettings(root=lake_root),
+    }
+
+
+def local_resources() -> dict:
+    settings = settings_resources()
+    pyspark = PySparkResource(spark_config=LOCAL_SPARK_CONFIG)
+    return {
+        **settings,
+        "pyspark": pyspark,
+        "lake_io_manager": SparkLakeIOManager(lake=settings["lake_settings"], pyspark=pyspark),
+    }
+
+
+def deployment() -> str:
+    return env("FRUITS_DEPLOYMENT", "local")
+
+
+def build_resources(name: str | None = None) -> dict:
+    name = name or deployment()
+    if name == "local":
+        return local_resources()
+    if name == "emr":
+        from resources.emr import emr_resources
+
+        return emr_resources(settings_resources())
+    raise ValueError(f"Unknown FRUITS_DEPLOYMENT {name!r}: use 'local' or 'emr'.")
