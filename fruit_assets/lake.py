@@ -103,7 +103,8 @@ def write_classes(df: DataFrame, path: str, class_names: list[str]) -> None:
     if stray:
         raise ValueError(f"DataFrame holds rows of classes other than {class_names}; refusing to write them.")
     (
-        df.write.mode("overwrite")
+        df.repartition(PARTITION_COLUMN)  # one file per class and task, not one per class in every task
+        .write.mode("overwrite")
         .option("partitionOverwriteMode", "dynamic")
         .partitionBy(PARTITION_COLUMN)
         .parquet(path)

@@ -23,22 +23,9 @@ class RawImagesConfig(dg.Config):
     limit_per_class: int | None = None  # "mini" mode: the first N images of each class, by path
 
 
-def read_class_files(spark, folders: dict[str, list[str]]) -> DataFrame:
-    """Every file under the given class folders, tagged with the class it was read for (bytes not yet read)."""
-    frames = [
-        spark.read.format("binaryFile")
-        .option("recursiveFileLookup", "true")
-        .load([glob_escape(f) for f in paths])
-        .withColumn(PARTITION_COLUMN, F.lit(name))
-        for name, paths in folders.items()
-        if paths
-    ]
-    if not frames:
-        return None
-    out = frames[0]
-    for frame in frames[1:]:
-        out = out.unionByName(frame)
-    return out
+def read_class_files(spark, folders: list[str]) -> DataFrame:
+    """Every file under the given class folders (Spark reads a file's bytes only if `content` is used)."""
+    return spark.read.format("binaryFile").option("recursiveFileLookup", "true").load([glob_escape(f) for f in folders])
 
 
 @dg.asset(
@@ -62,7 +49,10 @@ def raw_images(
             f"No folder for class(es) {missing} under any split of {normalize_root(images.root)!r} "
             "(expected <root>/<Split>/<Class name>/). Was the folder renamed or removed?"
         )
-    files = read_class_files(spark, folders).drop("modificationTime")
+    all_folders = [path for paths in folders.values() for path in paths]
+    files = with_location(read_class_files(spark, all_folders), images.root).select(
+        "path", "length", "content", F.col("label").alias(PARTITION_COLUMN)
+    )
     is_image = F.col("path").rlike(IMAGE_PATH_REGEX)
     listing = files.select(PARTITION_COLUMN, is_image.alias("is_image"), "length").groupBy(PARTITION_COLUMN, "is_image")
     summary = listing.agg(F.count("*").alias("files"), F.sum("length").alias("bytes")).collect()
