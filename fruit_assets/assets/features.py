@@ -86,11 +86,12 @@ def model_info(mobilenet: MobileNetSettings, artifact) -> dict:
     partitions_def=fruit_class_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     group_name="features",
-    ins={"labelled_images": dg.AssetIn()},
+    ins={"labelled_images": dg.AssetIn(), "raw_images": dg.AssetIn()},
 )
 def mobilenet_features_and_errors(
     context: dg.AssetExecutionContext,
     labelled_images: DataFrame,
+    raw_images: DataFrame,
     pyspark: PySparkResource,
     images: ImageSource,
     mobilenet: MobileNetSettings,
@@ -107,7 +108,8 @@ def mobilenet_features_and_errors(
 
     count = labelled_images.count()
     tasks = max(spark.sparkContext.defaultParallelism, math.ceil(count / IMAGES_PER_TASK))
-    embedded = labelled_images.repartition(tasks).select(
+    images_with_bytes = labelled_images.join(raw_images.select("path", "content"), on="path", how="left")
+    embedded = images_with_bytes.repartition(tasks).select(
         "path", "label", "split", "sha256", PARTITION_COLUMN,
         embed_column(F.col("content"), broadcast, mobilenet.threads_per_task, images.max_image_pixels).alias("_out"),
     ).persist(StorageLevel.MEMORY_AND_DISK)

@@ -106,13 +106,16 @@ def with_location(files: DataFrame, images_root: str) -> DataFrame:
     io_manager_key="lake_io_manager",
     group_name="ingest",
     kinds={"spark", "parquet"},
-    description="Each image with its label (the class folder name), its split (e.g. Test) and a SHA-256 of its bytes.",
+    description=(
+        "Each image's label (the class folder name), split (e.g. Test) and SHA-256 of its bytes; "
+        "the bytes themselves stay in raw_images."
+    ),
 )
 def labelled_images(
     context: dg.AssetExecutionContext, raw_images: DataFrame, images: ImageSource
 ) -> dg.Output[DataFrame]:
     labelled = with_location(raw_images, images.root).withColumn("sha256", F.sha2(F.col("content"), 256))
-    labelled = labelled.select("path", "label", "split", "sha256", "length", "content", PARTITION_COLUMN)
+    labelled = labelled.select("path", "label", "split", "sha256", "length", PARTITION_COLUMN)
     per_split = {r["split"] or "?": r["count"] for r in labelled.groupBy("split").count().collect()}
     per_class = {r[PARTITION_COLUMN]: r["count"] for r in labelled.groupBy(PARTITION_COLUMN).count().collect()}
     return dg.Output(

@@ -30,14 +30,16 @@ def components_needed(cumulative: np.ndarray, level: float) -> int | None:
 
 
 def fit_pca(features: DataFrame, k: int) -> PipelineModel:
-    vectors = features.select(array_to_vector("features").alias("features_vector"))
+    vectors = features.select(array_to_vector("features").alias("features_vector")).persist(StorageLevel.MEMORY_AND_DISK)
     pipeline = Pipeline(
         stages=[
             StandardScaler(inputCol="features_vector", outputCol="scaled", withMean=True, withStd=True),
             PCA(k=k, inputCol="scaled", outputCol="pca_vector"),
         ]
     )
-    return pipeline.fit(vectors)
+    model = pipeline.fit(vectors)  # several passes: scaler statistics, then the covariance
+    vectors.unpersist()
+    return model
 
 
 def variance_table(model: PipelineModel) -> tuple[np.ndarray, np.ndarray]:
@@ -59,17 +61,17 @@ def pca_model(
     lake_settings: LakeSettings,
     pyspark: PySparkResource,
 ) -> dg.Output[PipelineModel]:
-    features = mobilenet_features.select("features", "label").persist(StorageLevel.MEMORY_AND_DISK)
-    images = features.count()
-    classes = features.select("label").distinct().count()
-    dim = features.select(F.max(F.size("features"))).first()[0] or 0
+    features = mobilenet_features.select("features")
+    stats = mobilenet_features.agg(
+        F.count("*").alias("images"), F.countDistinct("label").alias("classes"), F.max(F.size("features")).alias("dim")
+    ).first()
+    images, classes, dim = stats["images"], stats["classes"], stats["dim"] or 0
     if not 1 <= pca.k <= min(dim, images):
         raise PcaSizeError(
             f"PCA k={pca.k} is not possible with {images} images of {dim} features: "
             f"choose 1 <= k <= {min(dim, images)} (FRUITS_PCA_K or --pca-k)."
         )
     model = fit_pca(features, pca.k)
-    features.unpersist()
     explained, cumulative = variance_table(model)
 
     spark = pyspark.spark_session
