@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+UI_PORT ?= 3000
 
 .PHONY: setup run test ui bench clean
 
@@ -20,7 +21,7 @@ test:
 	$(BIN)/python -m pytest -q $(ARGS)
 
 ui:
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(UI_PORT)
 
 bench:
 	$(BIN)/python benchmarks/bench_features.py $(ARGS)

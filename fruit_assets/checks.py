@@ -12,6 +12,7 @@ from pyspark.sql import functions as F
 
 from fruit_assets.lake import PARTITION_COLUMN
 from fruit_assets.partitions import class_name, fruit_class_partitions
+from resources import STEP_LAUNCHER_KEY
 
 EMBEDDING_DIM = 1280
 MIN_1NN_ACCURACY = 0.9
@@ -124,6 +125,7 @@ def nearest_neighbour_quality(pca_features: DataFrame) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(
+    required_resource_keys={STEP_LAUNCHER_KEY},
     asset="mobilenet_features",
     additional_ins={"raw_images": dg.AssetIn(), "image_errors": dg.AssetIn()},
     blocking=True,
@@ -133,12 +135,18 @@ def counts_are_conserved(mobilenet_features: DataFrame, raw_images: DataFrame, i
     return counts_conserved(raw_images.select("path", PARTITION_COLUMN), mobilenet_features, image_errors)
 
 
-@dg.asset_check(asset="mobilenet_features", blocking=True, description="Every vector has 1280 finite floats.")
+@dg.asset_check(
+    asset="mobilenet_features",
+    blocking=True,
+    description="Every vector has 1280 finite floats.",
+    required_resource_keys={STEP_LAUNCHER_KEY},
+)
 def features_are_finite_1280(mobilenet_features: DataFrame):
     return features_valid(mobilenet_features)
 
 
 @dg.asset_check(
+    required_resource_keys={STEP_LAUNCHER_KEY},
     asset="labelled_images",
     blocking=True,
     description="Every class partition has rows, and each row's label is its class folder.",
@@ -150,6 +158,7 @@ def labels_present(context: dg.AssetCheckExecutionContext, labelled_images: Data
 
 
 @dg.asset_check(
+    required_resource_keys={STEP_LAUNCHER_KEY},
     asset="pca_model",
     blocking=True,
     description="Explained variance per component is finite, non-negative, non-increasing and sums to at most 1.",
@@ -159,6 +168,7 @@ def explained_variance_is_valid(pca_model: PipelineModel):
 
 
 @dg.asset_check(
+    required_resource_keys={STEP_LAUNCHER_KEY},
     asset="pca_features",
     description=f"Leave-one-out 1-nearest-neighbour accuracy by label is at least {MIN_1NN_ACCURACY}.",
 )

@@ -51,43 +51,45 @@ def _say(message: str) -> None:
     print(f"[fruits] {message}", flush=True)
 
 
-def select_classes(available: list[str], asked: list[str] | None) -> list[str]:
-    if not asked:
-        return available
-    unknown = [c for c in asked if c not in available]
-    if unknown:
-        raise SystemExit(
-            f"fruits: no images for class(es) {unknown} under the images root. Known classes: "
-            + ", ".join(available[:20])
-            + (" ..." if len(available) > 20 else "")
-        )
-    return sorted(set(asked))
+def _config_error(exc: Exception) -> int:
+    """A configuration that cannot work: one clear line on stderr, exit status 2, no traceback."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):  # pydantic's ValidationError from a settings resource: keep just our messages
+        try:
+            message = "; ".join(str(e.get("msg", "")).removeprefix("Value error, ") for e in errors())
+        except Exception:
+            message = str(exc)
+    else:
+        message = str(exc)
+    print(f"fruits: configuration error: {message}", file=sys.stderr, flush=True)
+    return 2
 
 
 def run(args: argparse.Namespace) -> int:
     import dagster as dg
 
     import jobs
-    from fruit_assets.layout import discover
     from fruit_assets.partitions import contiguous_ranges, fruit_class_partitions, partition_key
+    from fruit_assets.preflight import CONFIG_ERRORS, preflight
     from fruit_assets.sensors import register_classes
     from resources import settings_resources
 
     started = time.monotonic()
-    settings = settings_resources()
+    try:
+        settings = settings_resources()
+    except ValueError as exc:  # a FRUITS_* value that is not a number, or that a settings resource refuses
+        return _config_error(exc)
     root = settings["images"].root
     _say(f"images root: {root}")
     _say(f"lake root:   {settings['lake_settings'].root}")
     _say(f"weights:     {settings['mobilenet'].weights or 'Keras ImageNet download'} (engine {settings['mobilenet'].engine})")
-    found = discover(root)
-    if found.empty_classes:
-        _say(f"empty class folders (no partition, no rows): {found.empty_classes}")
-    if found.outside_classes:
-        _say(
-            f"{len(found.outside_classes)} image file(s) outside any class folder, not processed "
-            f"(expected <root>/<Split>/<Class name>/<file>): {found.outside_classes[:5]}"
-        )
-    classes = select_classes(found.class_names, args.classes)
+    try:  # every check that needs no Spark, before any Spark work
+        plan = preflight(settings, classes=args.classes, limit_per_class=args.limit_per_class)
+    except CONFIG_ERRORS as exc:
+        return _config_error(exc)
+    found, classes = plan.discovery, plan.classes
+    for note in plan.notes:
+        _say(f"WARNING: {note}")
     instance = dg.DagsterInstance.get()
     register_classes(instance, found.class_names)
     ordered = instance.get_dynamic_partitions(fruit_class_partitions.name)
@@ -128,6 +130,7 @@ def _summary(instance, results, seconds: float) -> None:
         return {k: v.value for k, v in event.asset_materialization.metadata.items()} if event else {}
 
     features, pca, errors = latest("mobilenet_features"), latest("pca_model"), latest("image_errors")
+    raw = latest("raw_images")
     checks = []
     for result in results:
         for event in result.all_events:
@@ -135,6 +138,9 @@ def _summary(instance, results, seconds: float) -> None:
                 data = event.event_specific_data
                 checks.append(f"{data.check_name}: {'passed' if data.passed else 'FAILED'}")
     _say("done in %.1f s" % seconds)
+    if raw.get("files_found") is not None:
+        _say(f"files (last embedding run): {raw.get('files_found')} found in class folders = {raw.get('images')} images "
+             f"+ {raw.get('ignored_files')} ignored (not images, or hidden names)")
     _say(f"features: {features.get('images_embedded')} images at {features.get('images_per_second')} img/s "
          f"({features.get('engine')}); errors: {errors.get('errors')}")
     _say(f"PCA k={pca.get('k')}: total explained variance {pca.get('total_explained_variance')}, "

@@ -2,12 +2,18 @@
 
 Listing runs in the Dagster process (which on EMR has no Spark), so it uses the OS for local folders and boto3 for
 `s3://` roots. Spark reads the files themselves later, per class.
+
+The listing is also the inventory that lets a run say exactly what it skipped: every file under a class folder is
+either an image that Spark reads (and that becomes a feature vector or an error row) or is ignored with a reason
+(not an image extension; or a hidden name, which Spark's file sources skip without a word). Image files outside any
+class folder and class folders without images are reported, not processed.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -15,6 +21,7 @@ from urllib.parse import unquote, urlparse
 from fruit_assets.images import is_image_path
 
 EXPECTED_LAYOUT = "<images root>/<Split>/<Class name>/<file>.jpg|.jpeg|.png"
+IGNORED_EXAMPLES = 20  # ignored files remembered per class (all are counted)
 
 
 class LayoutError(ValueError):
@@ -47,6 +54,51 @@ def glob_escape(path: str) -> str:
     return _GLOB_CHARS.sub(r"\\\1", path)
 
 
+def spark_skips(name: str) -> bool:
+    """Whether Spark's file sources skip a file or folder of this name when listing (InMemoryFileIndex's rule)."""
+    exclude = (name.startswith("_") and "=" not in name) or name.startswith(".") or name.endswith("._COPYING_")
+    return exclude and not name.startswith(("_common_metadata", "_metadata"))
+
+
+def ignore_reason(parts: list[str]) -> str | None:
+    """Why the file at `<class folder>/<parts...>` is not embedded, or None for an image file Spark reads."""
+    for i, part in enumerate(parts):
+        if spark_skips(part):
+            what = "file" if i == len(parts) - 1 else "folder"
+            return f"hidden {what} name {part!r} (starts with '.' or '_'; Spark skips such names)"
+    if not is_image_path(parts[-1]):
+        return "not an image file (only .jpg, .jpeg and .png are embedded)"
+    return None
+
+
+@dataclass
+class ClassFiles:
+    """What one class folder holds, over every split."""
+
+    splits: list[str] = field(default_factory=list)  # splits that have a folder for this class
+    image_splits: set[str] = field(default_factory=set)  # splits whose folder holds images
+    files: int = 0  # every file under those folders
+    images: int = 0  # image files Spark reads: each becomes a feature vector or an error row
+    in_subfolders: int = 0  # of which deeper than <Split>/<Class>/ (still labelled with the class)
+    ignored: int = 0  # files - images
+    ignored_examples: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), the first few
+    zero_byte_images: list[str] = field(default_factory=list)  # image files of 0 bytes, which Spark does not list
+
+    def add(self, split: str, path: str, parts: list[str], size: int) -> None:
+        self.files += 1
+        reason = ignore_reason(parts)
+        if reason is None:
+            self.images += 1
+            self.image_splits.add(split)
+            self.in_subfolders += len(parts) > 1
+            if size == 0:
+                self.zero_byte_images.append(path)
+        else:
+            self.ignored += 1
+            if len(self.ignored_examples) < IGNORED_EXAMPLES:
+                self.ignored_examples.append((path, reason))
+
+
 @dataclass
 class Discovery:
     """What a scan of the images root found."""
@@ -55,10 +107,28 @@ class Discovery:
     classes: dict[str, list[str]] = field(default_factory=dict)  # class name -> splits holding image files
     empty_classes: list[str] = field(default_factory=list)  # class folders with no image file in any split
     outside_classes: list[str] = field(default_factory=list)  # image files not inside <Split>/<Class>/
+    inventory: dict[str, ClassFiles] = field(default_factory=dict)  # every class folder, empty ones included
 
     @property
     def class_names(self) -> list[str]:
         return sorted(self.classes)
+
+    def images(self, class_names) -> int:
+        return sum(self.inventory[c].images for c in class_names if c in self.inventory)
+
+    def outside_message(self, limit: int = 5) -> str:
+        shown = ", ".join(self.outside_classes[:limit]) + (" ..." if len(self.outside_classes) > limit else "")
+        return (
+            f"{len(self.outside_classes)} image file(s) outside any class folder, not processed: {shown}. "
+            f"Expected layout: {EXPECTED_LAYOUT}; move each into the folder of its class."
+        )
+
+    def _finish(self) -> "Discovery":
+        for name, files in self.inventory.items():
+            if files.images:
+                self.classes[name] = sorted(files.image_splits)
+        self.empty_classes = sorted(n for n, f in self.inventory.items() if not f.images)
+        return self
 
 
 def discover(root: str) -> Discovery:
@@ -80,8 +150,11 @@ def _discover_local(root: str) -> Discovery:
     if not top.is_dir():
         raise LayoutError(f"Images root {root!r} is not a folder. Expected {EXPECTED_LAYOUT}")
     found = Discovery(root=root)
-    seen_empty: set[str] = set()
-    for split_dir in sorted(p for p in top.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    try:
+        splits = sorted(p for p in top.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except PermissionError as exc:
+        raise LayoutError(f"Images root {root!r} cannot be listed: {exc}") from None
+    for split_dir in splits:
         for entry in sorted(split_dir.iterdir()):
             if entry.is_file():
                 if is_image_path(entry.name):
@@ -89,15 +162,22 @@ def _discover_local(root: str) -> Discovery:
                 continue
             if entry.name.startswith("."):
                 continue
-            if any(is_image_path(f) for _, _, files in os.walk(entry) for f in files):
-                found.classes.setdefault(entry.name, []).append(split_dir.name)
-            else:
-                seen_empty.add(entry.name)
+            files = found.inventory.setdefault(entry.name, ClassFiles())
+            files.splits.append(split_dir.name)
+            for folder, dirs, names in os.walk(entry):
+                dirs.sort()
+                relative = Path(folder).relative_to(entry).parts
+                for name in sorted(names):
+                    path = os.path.join(folder, name)
+                    try:
+                        size = os.stat(path).st_size
+                    except OSError:  # a dangling link, or gone since the listing
+                        size = -1
+                    files.add(split_dir.name, path, [*relative, name], size)
     for entry in sorted(top.iterdir()):
         if entry.is_file() and is_image_path(entry.name):
             found.outside_classes.append(str(entry))
-    found.empty_classes = sorted(seen_empty - set(found.classes))
-    return found
+    return found._finish()
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
@@ -110,6 +190,7 @@ def _discover_s3(root: str) -> Discovery:
     import boto3
 
     bucket, prefix = _split_s3(root)
+    scheme = root.split("://", 1)[0]  # paths as Spark names them: s3://... or s3a://...
     s3 = boto3.client("s3")
     paginator = s3.get_paginator("list_objects_v2")
 
@@ -120,30 +201,36 @@ def _discover_s3(root: str) -> Discovery:
             files += [o["Key"] for o in page.get("Contents", []) if o["Key"] != pfx]
         return dirs, files
 
+    def every_key(pfx: str) -> list[tuple[str, int]]:
+        return [
+            (o["Key"], o.get("Size", -1))
+            for page in paginator.paginate(Bucket=bucket, Prefix=pfx) for o in page.get("Contents", [])
+            if not o["Key"].endswith("/")  # "folder" marker objects are not files
+        ]
+
     found = Discovery(root=root)
     try:
         split_prefixes, top_files = children(prefix)
     except s3.exceptions.NoSuchBucket:
         raise LayoutError(f"Images root {root!r}: bucket {bucket!r} does not exist.") from None
-    found.outside_classes += [f"s3://{bucket}/{k}" for k in top_files if is_image_path(k)]
-    seen_empty: set[str] = set()
+    found.outside_classes += [f"{scheme}://{bucket}/{k}" for k in top_files if is_image_path(k)]
+    folders = []
     for split_prefix in split_prefixes:
         split = split_prefix[len(prefix):].rstrip("/")
+        if split.startswith("."):
+            continue
         class_prefixes, split_files = children(split_prefix)
-        found.outside_classes += [f"s3://{bucket}/{k}" for k in split_files if is_image_path(k)]
-        for class_prefix in class_prefixes:
-            name = class_prefix[len(split_prefix):].rstrip("/")
-            has_image = any(
-                is_image_path(o["Key"])
-                for page in paginator.paginate(Bucket=bucket, Prefix=class_prefix)
-                for o in page.get("Contents", [])
-            )
-            if has_image:
-                found.classes.setdefault(name, []).append(split)
-            else:
-                seen_empty.add(name)
-    found.empty_classes = sorted(seen_empty - set(found.classes))
-    return found
+        found.outside_classes += [f"{scheme}://{bucket}/{k}" for k in split_files if is_image_path(k)]
+        folders += [(split, p, p[len(split_prefix):].rstrip("/")) for p in class_prefixes]
+    folders = [f for f in folders if not f[2].startswith(".")]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        listings = list(pool.map(lambda f: every_key(f[1]), folders))
+    for (split, class_prefix, name), keys in zip(folders, listings):
+        files = found.inventory.setdefault(name, ClassFiles())
+        files.splits.append(split)
+        for key, size in sorted(keys):
+            files.add(split, f"{scheme}://{bucket}/{key}", key[len(class_prefix):].split("/"), size)
+    return found._finish()
 
 
 def class_folders(root: str, class_names: list[str]) -> dict[str, list[str]]:

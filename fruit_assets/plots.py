@@ -14,19 +14,23 @@ def _figure(size=(6.4, 4.0)):
     return plt.subplots(figsize=size)
 
 
-def variance_plot(explained: np.ndarray):
-    """Scree bars per component with the cumulative curve and the 90%/95% lines."""
+def variance_plot(spectrum: np.ndarray, k: int):
+    """Scree bars for the k kept components, the cumulative curve far enough to cross 95%, and k marked."""
+    cumulative = np.cumsum(spectrum)
+    reach95 = int(np.searchsorted(cumulative, 0.95)) + 1
+    shown = min(len(spectrum), max(k, reach95) + 5)
     fig, ax = _figure()
-    components = np.arange(1, len(explained) + 1)
-    ax.bar(components, explained, color="#4c9be8", label="per component")
-    ax.plot(components, np.cumsum(explained), color="#e8624c", marker=".", label="cumulative")
+    components = np.arange(1, shown + 1)
+    ax.bar(components[:k], spectrum[:k], color="#4c9be8", label=f"per component (kept: k={k})")
+    ax.plot(components, cumulative[:shown], color="#e8624c", linewidth=1.5, label="cumulative")
+    ax.axvline(k + 0.5, color="#4c9be8", linestyle="--", linewidth=1)
     for level in (0.9, 0.95):
         ax.axhline(level, color="grey", linestyle=":", linewidth=1)
-        ax.text(components[-1], level, f"{level:.0%}", va="bottom", ha="right", fontsize=8, color="grey")
+        ax.text(shown, level, f"{level:.0%}", va="bottom", ha="right", fontsize=8, color="grey")
     ax.set_xlabel("principal component")
     ax.set_ylabel("share of variance explained")
     ax.set_ylim(0, 1.02)
-    ax.set_title("PCA of MobileNetV2 features: explained variance")
+    ax.set_title(f"PCA of MobileNetV2 features: {cumulative[k - 1]:.1%} explained by k={k}")
     ax.legend(loc="center right")
     return fig
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Optional
 
+import dagster as dg
 from dagster_pyspark import PySparkResource
 
 from resources.io_managers import SparkLakeIOManager
@@ -22,7 +24,9 @@ WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h
 
 # Spark settings that matter for this workload; see README "Performance".
 LOCAL_SPARK_CONFIG = {
-    "spark.master": "local[*]",
+    # local[N, F]: in local mode Spark ignores spark.task.maxFailures and fails a job on a task's first failure
+    # unless F is given in the master URL; with 4, a crashed Python worker or a flaky read is retried as on a cluster.
+    "spark.master": "local[*, 4]",
     "spark.app.name": "fruit_assets",
     "spark.driver.memory": "3g",
     "spark.ui.showConsoleProgress": "false",
@@ -37,6 +41,14 @@ LOCAL_SPARK_CONFIG = {
     "spark.task.maxFailures": "4",
     "spark.sql.parquet.compression.codec": "snappy",
 }
+
+
+# Every op whose work needs Spark (each asset and asset check) requires this resource key: local = None (the
+# step runs in this process), emr = the EMR step launcher (the step runs as an EMR step). Assets with resource
+# parameters declare it as a parameter typed StepLauncherParam (Dagster forbids mixing parameters with
+# required_resource_keys); the others list it in required_resource_keys.
+STEP_LAUNCHER_KEY = "step_launcher"
+StepLauncherParam = dg.ResourceParam[Optional[dg.StepLauncher]]
 
 
 def env(name: str, default: str | None = None) -> str | None:
@@ -87,6 +99,7 @@ def local_resources() -> dict:
         **settings,
         "pyspark": pyspark,
         "lake_io_manager": SparkLakeIOManager(lake=settings["lake_settings"], pyspark=pyspark),
+        STEP_LAUNCHER_KEY: dg.ResourceDefinition.none_resource(description="local: no step launcher"),
     }
 
 

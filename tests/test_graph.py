@@ -72,8 +72,10 @@ def test_outputs_have_documented_columns_and_counts(materialized):
     assert sum(len(f.read_text().splitlines()) - 1 for f in csv_files) == 40
 
     variance = read(lake, "pca_explained_variance").to_pandas().sort_values("component")
-    assert list(variance["component"]) == list(range(1, K + 1))
+    assert list(variance["component"]) == list(range(1, 1281))  # the whole spectrum, the first k marked kept
+    assert list(variance["component"][variance["kept"]]) == list(range(1, K + 1))
     np.testing.assert_allclose(variance["cumulative"], np.cumsum(variance["explained_variance"]))
+    assert variance["cumulative"].iloc[-1] == pytest.approx(1.0, abs=1e-6)
     assert (lake / "pca_model" / "metadata").is_dir() and (lake / "pca_model" / "stages").is_dir()
 
     info = read(lake, "model_info").to_pylist()[0]
@@ -96,6 +98,8 @@ def test_metadata_shown_in_the_ui(materialized):
     explained = pca["explained_variance"]
     assert pca["k"] == K and len(explained) == K and all(a >= b for a, b in zip(explained, explained[1:]))
     assert pca["cumulative_explained_variance"][-1] == pytest.approx(sum(explained), abs=1e-5)
+    # 40 images span at most 39 dimensions, so 90% and 95% are reached within them
+    assert 1 <= pca["components_for_90_percent"] <= pca["components_for_95_percent"] <= 39
     assert "data:image/png;base64," in pca["variance_plot"]
     assert "data:image/png;base64," in latest(instance, "pca_features")["projection_plot"]
 

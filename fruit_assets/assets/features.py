@@ -19,6 +19,7 @@ from fruit_assets.images import INPUT_SIZE
 from fruit_assets.lake import PARTITION_COLUMN
 from fruit_assets.metadata import count_table
 from fruit_assets.partitions import fruit_class_partitions
+from resources import StepLauncherParam
 from resources.settings import ImageSource, LakeSettings, MobileNetSettings
 
 IMAGES_PER_TASK = 256  # small tasks keep both cores busy to the end; the model is reused across them
@@ -96,6 +97,7 @@ def mobilenet_features_and_errors(
     images: ImageSource,
     mobilenet: MobileNetSettings,
     lake_settings: LakeSettings,
+    step_launcher: StepLauncherParam,
 ):
     from fruit_assets.engines import prepare_artifact
 

@@ -11,9 +11,10 @@ from pyspark.sql.window import Window
 
 from fruit_assets.images import IMAGE_EXTENSIONS
 from fruit_assets.lake import PARTITION_COLUMN
-from fruit_assets.layout import LayoutError, class_folders, glob_escape, normalize_root, spark_path
+from fruit_assets.layout import EXPECTED_LAYOUT, LayoutError, discover, glob_escape, normalize_root, spark_path
 from fruit_assets.metadata import count_table
 from fruit_assets.partitions import class_name, fruit_class_partitions
+from resources import StepLauncherParam
 from resources.settings import ImageSource
 
 IMAGE_PATH_REGEX = r"(?i)\.(" + "|".join(e.lstrip(".") for e in IMAGE_EXTENSIONS) + r")$"
@@ -37,48 +38,80 @@ def read_class_files(spark, folders: list[str]) -> DataFrame:
     description="The image files of each fruit class, bytes included, as read by Spark's binaryFile source.",
 )
 def raw_images(
-    context: dg.AssetExecutionContext, config: RawImagesConfig, pyspark: PySparkResource, images: ImageSource
+    context: dg.AssetExecutionContext,
+    config: RawImagesConfig,
+    pyspark: PySparkResource,
+    images: ImageSource,
+    step_launcher: StepLauncherParam,
 ) -> dg.Output[DataFrame]:
     started = time.monotonic()
     spark = pyspark.spark_session
     classes = [class_name(k) for k in context.partition_keys]
-    folders = class_folders(images.root, classes)
-    missing = sorted(name for name, paths in folders.items() if not paths)
+    found = discover(images.root)  # the inventory: what is in each class folder, and what lies outside any
+    missing = sorted(c for c in classes if c not in found.inventory)
     if missing:
         raise LayoutError(
-            f"No folder for class(es) {missing} under any split of {normalize_root(images.root)!r} "
-            "(expected <root>/<Split>/<Class name>/). Was the folder renamed or removed?"
+            f"No folder for class(es) {missing} under any split of {found.root!r} "
+            f"(expected {EXPECTED_LAYOUT}). Was the folder renamed or removed?"
         )
-    all_folders = [path for paths in folders.values() for path in paths]
-    files = with_location(read_class_files(spark, all_folders), images.root).select(
-        "path", "length", "content", F.col("label").alias(PARTITION_COLUMN)
-    )
+    inventory = {c: found.inventory[c] for c in classes}
+    all_folders = [f"{found.root}/{split}/{c}" for c in classes for split in inventory[c].splits]
+    files = read_class_files(spark, all_folders).select("path", "length", "content")
+    zero_bytes = [spark_path(p) for c in classes for p in inventory[c].zero_byte_images]
+    if zero_bytes:  # Spark's file sources skip empty files; they are broken uploads, so they become error rows
+        files = files.unionByName(spark.createDataFrame([(p, 0, bytearray()) for p in zero_bytes], files.schema))
+    files = with_location(files, images.root).select("path", "length", "content", F.col("label").alias(PARTITION_COLUMN))
     is_image = F.col("path").rlike(IMAGE_PATH_REGEX)
-    listing = files.select(PARTITION_COLUMN, is_image.alias("is_image"), "length").groupBy(PARTITION_COLUMN, "is_image")
+    listing = files.where(is_image).groupBy(PARTITION_COLUMN)
     summary = listing.agg(F.count("*").alias("files"), F.sum("length").alias("bytes")).collect()
-    found = {c: 0 for c in classes}
-    ignored = {c: 0 for c in classes}
+    read = {c: 0 for c in classes}
     for row in summary:
-        (found if row["is_image"] else ignored)[row[PARTITION_COLUMN]] += row["files"]
+        read[row[PARTITION_COLUMN]] += row["files"]
+    changed = {c: {"listed": inventory[c].images, "read_by_spark": read[c]} for c in classes if read[c] != inventory[c].images}
+    if changed:
+        context.log.warning(f"Image files changed while this run listed them (rows follow what Spark read): {changed}")
     image_files = files.where(is_image)
+    selected = dict(read)
     if config.limit_per_class:
         ranked = F.row_number().over(Window.partitionBy(PARTITION_COLUMN).orderBy("path"))
         image_files = image_files.withColumn("_rank", ranked).where(F.col("_rank") <= config.limit_per_class).drop("_rank")
-        found = {c: min(n, config.limit_per_class) for c, n in found.items()}
-    bytes_read = sum(r["bytes"] or 0 for r in summary if r["is_image"])
-    empty = sorted(c for c, n in found.items() if n == 0)
+        selected = {c: min(n, config.limit_per_class) for c, n in read.items()}
+    bytes_read = sum(r["bytes"] or 0 for r in summary)
+    ignored = {c: inventory[c].ignored for c in classes}
+    ignored_examples = [{"path": p, "reason": r} for c in classes for p, r in inventory[c].ignored_examples][:50]
+    in_subfolders = sum(inventory[c].in_subfolders for c in classes)
+    empty = sorted(c for c, n in selected.items() if n == 0)
     if empty:
         context.log.warning(f"Class folders with no image files (no rows written): {empty}")
-    context.log.info(f"{sum(found.values())} image files in {len(classes)} classes; {sum(ignored.values())} other files ignored")
+    if found.empty_classes:
+        context.log.warning(
+            f"Class folders without image files under {found.root!r} (not partitions, no rows): {found.empty_classes[:20]}"
+        )
+    if found.outside_classes:
+        context.log.warning(found.outside_message(limit=20))
+    if sum(ignored.values()):
+        context.log.info(f"{sum(ignored.values())} file(s) ignored in class folders, e.g. {ignored_examples[:5]}")
+    context.log.info(
+        f"{sum(selected.values())} image files in {len(classes)} classes; {sum(ignored.values())} other files ignored"
+    )
     return dg.Output(
         image_files,
         metadata={
-            "images": sum(found.values()),
+            "images": sum(selected.values()),
             "classes": len(classes),
-            "images_per_class": count_table(found),
+            "images_per_class": count_table(selected),
+            "files_found": sum(inventory[c].files for c in classes),  # = images + ignored (+ images over the limit)
             "ignored_files": sum(ignored.values()),
             "ignored_files_per_class": count_table({c: n for c, n in ignored.items() if n}, value="files"),
+            "ignored_examples": dg.MetadataValue.json(ignored_examples),
+            "images_over_limit": sum(read.values()) - sum(selected.values()),
+            "images_in_subfolders": in_subfolders,
             "empty_classes": dg.MetadataValue.json(empty),
+            "empty_class_folders": dg.MetadataValue.json(found.empty_classes),
+            "files_outside_class_folders": dg.MetadataValue.json(found.outside_classes[:100]),
+            "files_outside_class_folders_count": len(found.outside_classes),
+            "expected_layout": EXPECTED_LAYOUT,
+            "listing_changed_during_run": dg.MetadataValue.json(changed),
             "bytes_listed": int(bytes_read),
             "images_root": images.root,
             "limit_per_class": config.limit_per_class or 0,
@@ -112,7 +145,7 @@ def with_location(files: DataFrame, images_root: str) -> DataFrame:
     ),
 )
 def labelled_images(
-    context: dg.AssetExecutionContext, raw_images: DataFrame, images: ImageSource
+    context: dg.AssetExecutionContext, raw_images: DataFrame, images: ImageSource, step_launcher: StepLauncherParam
 ) -> dg.Output[DataFrame]:
     labelled = with_location(raw_images, images.root).withColumn("sha256", F.sha2(F.col("content"), 256))
     labelled = labelled.select("path", "label", "split", "sha256", "length", PARTITION_COLUMN)

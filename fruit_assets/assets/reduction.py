@@ -6,7 +6,8 @@ import numpy as np
 from dagster_pyspark import PySparkResource
 from pyspark import StorageLevel
 from pyspark.ml import Pipeline, PipelineModel
-from pyspark.ml.feature import PCA, StandardScaler
+from pyspark import SparkContext
+from pyspark.ml.feature import PCA, PCAModel, StandardScaler
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -14,6 +15,7 @@ from pyspark.sql import functions as F
 from fruit_assets import lake
 from fruit_assets.metadata import png_markdown
 from fruit_assets.plots import projection_plot, variance_plot
+from resources import STEP_LAUNCHER_KEY, StepLauncherParam
 from resources.io_managers import CSV_EXPORT_KEY, FORMAT_KEY
 from resources.settings import LakeSettings, PcaSettings
 
@@ -29,22 +31,39 @@ def components_needed(cumulative: np.ndarray, level: float) -> int | None:
     return int(reached[0]) + 1 if len(reached) else None
 
 
-def fit_pca(features: DataFrame, k: int) -> PipelineModel:
+def first_components(model: PCAModel, k: int) -> PCAModel:
+    """The same fitted PCA keeping its first k components, as Spark itself truncates them (column-major pc)."""
+    jvm = SparkContext._active_spark_context._jvm
+    pc, explained = model._java_obj.pc(), model._java_obj.explainedVariance()
+    copy = jvm.java.util.Arrays.copyOfRange
+    truncated = jvm.org.apache.spark.ml.feature.PCAModel(
+        model.uid,
+        jvm.org.apache.spark.ml.linalg.DenseMatrix(pc.numRows(), k, copy(pc.values(), 0, pc.numRows() * k)),
+        jvm.org.apache.spark.ml.linalg.DenseVector(copy(explained.values(), 0, k)),
+    )
+    kept = PCAModel(truncated)
+    kept._set(k=k, inputCol=model.getInputCol(), outputCol=model.getOutputCol())  # sent to the JVM on use/save
+    return kept
+
+
+def fit_pca(features: DataFrame, k: int) -> tuple[PipelineModel, np.ndarray]:
+    """The scaler + PCA with k components, and the explained variance of every component (for the 90%/95% counts).
+
+    Spark's PCA eigendecomposes the full covariance whatever k is, so fitting all components once and keeping
+    the first k costs no more than fitting k.
+    """
     vectors = features.select(array_to_vector("features").alias("features_vector")).persist(StorageLevel.MEMORY_AND_DISK)
+    dim = len(vectors.first()["features_vector"])
     pipeline = Pipeline(
         stages=[
             StandardScaler(inputCol="features_vector", outputCol="scaled", withMean=True, withStd=True),
-            PCA(k=k, inputCol="scaled", outputCol="pca_vector"),
+            PCA(k=dim, inputCol="scaled", outputCol="pca_vector"),
         ]
     )
-    model = pipeline.fit(vectors)  # several passes: scaler statistics, then the covariance
+    full = pipeline.fit(vectors)  # passes over the data: scaler statistics, then the covariance
     vectors.unpersist()
-    return model
-
-
-def variance_table(model: PipelineModel) -> tuple[np.ndarray, np.ndarray]:
-    explained = model.stages[-1].explainedVariance.toArray()
-    return explained, np.cumsum(explained)
+    scaler, pca = full.stages
+    return PipelineModel(stages=[scaler, first_components(pca, k)]), pca.explainedVariance.toArray()
 
 
 @dg.asset(
@@ -60,6 +79,7 @@ def pca_model(
     pca: PcaSettings,
     lake_settings: LakeSettings,
     pyspark: PySparkResource,
+    step_launcher: StepLauncherParam,
 ) -> dg.Output[PipelineModel]:
     features = mobilenet_features.select("features")
     stats = mobilenet_features.agg(
@@ -71,13 +91,15 @@ def pca_model(
             f"PCA k={pca.k} is not possible with {images} images of {dim} features: "
             f"choose 1 <= k <= {min(dim, images)} (FRUITS_PCA_K or --pca-k)."
         )
-    model = fit_pca(features, pca.k)
-    explained, cumulative = variance_table(model)
+    model, spectrum = fit_pca(features, pca.k)
+    explained = spectrum[: pca.k]
+    cumulative = np.cumsum(explained)
+    spectrum_cumulative = np.cumsum(spectrum)
 
     spark = pyspark.spark_session
     table = spark.createDataFrame(
-        [(i + 1, float(e), float(c)) for i, (e, c) in enumerate(zip(explained, cumulative))],
-        "component int, explained_variance double, cumulative double",
+        [(i + 1, float(e), float(c), i < pca.k) for i, (e, c) in enumerate(zip(spectrum, spectrum_cumulative))],
+        "component int, explained_variance double, cumulative double, kept boolean",
     )
     variance_path = lake.join(lake.validate_root(lake_settings.root), "pca_explained_variance")
     lake.write_table(table, variance_path)
@@ -92,9 +114,9 @@ def pca_model(
             "explained_variance": dg.MetadataValue.json([round(float(v), 6) for v in explained]),
             "cumulative_explained_variance": dg.MetadataValue.json([round(float(v), 6) for v in cumulative]),
             "total_explained_variance": round(float(cumulative[-1]), 6),
-            "components_for_90_percent": components_needed(cumulative, 0.90) or f"not reached with k={pca.k}",
-            "components_for_95_percent": components_needed(cumulative, 0.95) or f"not reached with k={pca.k}",
-            "variance_plot": png_markdown(variance_plot(explained), "explained variance"),
+            "components_for_90_percent": components_needed(spectrum_cumulative, 0.90),
+            "components_for_95_percent": components_needed(spectrum_cumulative, 0.95),
+            "variance_plot": png_markdown(variance_plot(spectrum, pca.k), "explained variance"),
             "explained_variance_path": dg.MetadataValue.path(variance_path),
         },
     )
@@ -103,6 +125,7 @@ def pca_model(
 @dg.asset(
     io_manager_key="lake_io_manager",
     metadata={CSV_EXPORT_KEY: True},
+    required_resource_keys={STEP_LAUNCHER_KEY},
     group_name="reduction",
     kinds={"spark", "parquet", "csv"},
     description="Every image's k principal components (Parquet, plus a CSV export), with its path, label and split.",

@@ -1,0 +1,252 @@
+"""Feature extraction against the speed of the bare engine, in one run on the same cores.
+
+1. Bare engines: the same MobileNetV2 weights through TensorFlow and ONNX Runtime, fed already-decoded 224x224
+   batches, steady state after warm-up, one fresh process per configuration.
+2. The real pipeline: `fruits run` on N images (Spark read -> decode -> resize -> preprocess -> inference -> Parquet);
+   its `mobilenet_features` step is the pipeline figure, its whole run the graph figure.
+3. Optionally (--scaling 1000,5000,17845) the whole graph at several sizes: seconds and cost per image.
+
+Prints one JSON line last on standard output. Usage: python benchmarks/bench_features.py [--images ROOT] [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))
+
+from resources import SHARED_DIR, default_weights  # noqa: E402
+
+# Engine configurations: (engine, processes, threads per process). Two single-thread processes mirror two Spark
+# task slots with one engine thread each, the pipeline's own setting.
+ENGINE_CONFIGS = [("tensorflow", 1, 2), ("tensorflow", 2, 1), ("onnx", 1, 2), ("onnx", 2, 1)]
+FAITHFUL_ENGINES = ("onnx", "tensorflow")  # both match TensorFlow to cosine >= 0.9999 (tests/test_engines.py)
+
+
+def _engine_worker(engine: str, threads: int, weights: str, cache: str, seconds: float, batch: int, out) -> None:
+    """Runs in a fresh process: steady-state images/second of one engine instance."""
+    import numpy as np
+
+    from fruit_assets.engines import load_embedder, prepare_artifact
+
+    artifact = prepare_artifact(engine, weights, cache)
+    embed = load_embedder(artifact, threads=threads)
+    x = np.random.default_rng(0).uniform(-1, 1, size=(batch, 224, 224, 3)).astype(np.float32)
+    deadline = time.monotonic() + 3.0  # warm-up
+    while time.monotonic() < deadline:
+        embed(x)
+    images, started = 0, time.monotonic()
+    while time.monotonic() - started < seconds:
+        embed(x)
+        images += batch
+    out.put(images / (time.monotonic() - started))
+
+
+def bench_engine(engine: str, processes: int, threads: int, weights: str, cache: str, seconds: float, batch: int) -> float:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    workers = [
+        ctx.Process(target=_engine_worker, args=(engine, threads, weights, cache, seconds, batch, queue))
+        for _ in range(processes)
+    ]
+    for w in workers:
+        w.start()
+    rates = [queue.get(timeout=600) for _ in workers]
+    for w in workers:
+        w.join()
+    return sum(rates)
+
+
+class TreeRss:
+    """Peak resident memory of a process and all its descendants (driver, JVM, Python workers), sampled."""
+
+    def __init__(self, pid: int, interval: float = 0.2):
+        self.pid, self.interval, self.peak_kb = pid, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _children(self) -> dict[int, list[int]]:
+        tree: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                tree.setdefault(ppid, []).append(int(entry))
+        return tree
+
+    def _rss_kb(self, pid: int) -> int:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        except OSError:
+            pass
+        return 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            tree, total, todo = self._children(), 0, [self.pid]
+            while todo:
+                pid = todo.pop()
+                total += self._rss_kb(pid)
+                todo += tree.get(pid, [])
+            self.peak_kb = max(self.peak_kb, total)
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def sample_root(images: Path, limit: int | None, into: Path) -> tuple[Path, int]:
+    """The first `limit` images, taken round-robin over classes (sorted), copied into a fresh root."""
+    files = {c: sorted(p for p in c.rglob("*") if p.is_file()) for s in sorted(images.iterdir()) if s.is_dir()
+             for c in sorted(s.iterdir()) if c.is_dir()}
+    total = sum(len(v) for v in files.values())
+    if limit is None or limit >= total:
+        return images, total
+    chosen, depth = [], 0
+    while len(chosen) < limit:
+        for c, paths in files.items():
+            if depth < len(paths) and len(chosen) < limit:
+                chosen.append(paths[depth])
+        depth += 1
+    for p in chosen:
+        target = into / p.relative_to(images)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, target)
+    return into, len(chosen)
+
+
+def run_graph(root: Path, work: Path, weights: str, cache: str, extra_env: dict) -> dict:
+    """One `fruits run` in a subprocess; step durations read back from its Dagster instance."""
+    home, lake = work / "dagster_home", work / "lake"
+    home.mkdir(parents=True)
+    env = {**os.environ, **extra_env, "DAGSTER_HOME": str(home), "FRUITS_CACHE_DIR": cache, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "fruit_assets.cli", "run", "--images", str(root), "--lake", str(lake), "--weights", weights]
+    started = time.monotonic()
+    with open(work / "run.log", "w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT)
+        with TreeRss(proc.pid) as rss:
+            code = proc.wait()
+    wall = time.monotonic() - started
+    if code != 0:
+        raise SystemExit(f"fruits run failed ({code}); see {work / 'run.log'}")
+    os.environ["DAGSTER_HOME"] = str(home)
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(str(home))
+    steps: dict[str, float] = {}
+    for run in instance.get_runs():
+        for stats in instance.get_run_step_stats(run.run_id):
+            steps[stats.step_key] = stats.end_time - stats.start_time
+    features = instance.get_latest_materialization_event(dg.AssetKey("mobilenet_features"))
+    meta = {k: v.value for k, v in features.asset_materialization.metadata.items()}
+    return {"wall_s": wall, "steps": steps, "peak_rss_mb": rss.peak_kb / 1024, "features": meta}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", default=str(SHARED_DIR / "data" / "fruits-360"))
+    parser.add_argument("--weights", default=default_weights())
+    parser.add_argument("--limit", type=int, help="number of images (default: all)")
+    parser.add_argument("--engine-seconds", type=float, default=15.0)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--engines", default=",".join(f"{e}:{p}x{t}" for e, p, t in ENGINE_CONFIGS))
+    parser.add_argument("--scaling", help="comma-separated image counts for the whole-graph scaling mode")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary lake and logs")
+    args = parser.parse_args()
+    if not args.weights:
+        raise SystemExit("No weights: pass --weights or put them in ../shared/models.")
+
+    work = Path(tempfile.mkdtemp(prefix="fruits-bench-"))
+    cache = str(work / "engine-cache")
+    report: dict = {"cores": os.cpu_count(), "engines": {}}
+
+    for spec in args.engines.split(","):
+        engine, shape = spec.split(":")
+        processes, threads = (int(v) for v in shape.split("x"))
+        rate = bench_engine(engine, processes, threads, args.weights, cache, args.engine_seconds, args.batch)
+        report["engines"][spec] = round(rate, 1)
+        print(f"engine {spec}: {rate:.1f} images/s", file=sys.stderr, flush=True)
+    faithful = {k: v for k, v in report["engines"].items() if k.split(":")[0] in FAITHFUL_ENGINES}
+    best = max(faithful, key=faithful.get)
+
+    root, images = sample_root(Path(args.images), args.limit, work / "images")
+    result = run_graph(root, work / "run", args.weights, cache, {})
+    step = result["steps"]["mobilenet_features_and_errors"]
+    pipeline = images / step
+    report.update(
+        {
+            "engine_images_per_s": faithful[best],
+            "engine_best_config": best,
+            "pipeline_images_per_s": round(pipeline, 1),
+            "ratio": round(pipeline / faithful[best], 3),
+            "embedding_pass_images_per_s": result["features"].get("images_per_second"),
+            "images": images,
+            "wall_s": round(result["wall_s"], 1),
+            "mobilenet_features_step_s": round(step, 1),
+            "peak_rss_mb": round(result["peak_rss_mb"]),
+            "steps_s": {k: round(v, 1) for k, v in sorted(result["steps"].items())},
+            "settings": {
+                "engine": result["features"].get("engine"),
+                "spark_tasks": result["features"].get("spark_tasks"),
+                "spark_master": "local[*]",
+                "engine_threads_per_task": int(os.environ.get("FRUITS_ENGINE_THREADS", "1")),
+                "arrow_batch": int(os.environ.get("FRUITS_ARROW_BATCH", "64")),
+            },
+        }
+    )
+    print(f"pipeline: {pipeline:.1f} images/s over {images} images; whole graph {result['wall_s']:.0f} s",
+          file=sys.stderr, flush=True)
+
+    if args.scaling:
+        from fruit_assets.infra import PRICES_EUR_PER_HOUR_EU_WEST_1
+
+        m5 = PRICES_EUR_PER_HOUR_EU_WEST_1["m5.xlarge"]
+
+        scaling = []
+        for n in (int(v) for v in args.scaling.split(",")):
+            root_n, count = sample_root(Path(args.images), n, work / f"images-{n}")
+            run = run_graph(root_n, work / f"scale-{n}", args.weights, cache, {})
+            per_image = run["wall_s"] / count
+            # Cost if the same work ran on m5.xlarge (4 vCPU) nodes at this machine's per-core speed, no minimum.
+            node_hours = run["wall_s"] * (os.cpu_count() or 2) / 4 / 3600
+            scaling.append({
+                "images": count,
+                "wall_s": round(run["wall_s"], 1),
+                "s_per_image_ms": round(1000 * per_image, 2),
+                "eur_per_million_images_m5_xlarge": round((m5["ec2"] + m5["emr"]) * node_hours / count * 1e6, 2),
+                "peak_rss_mb": round(run["peak_rss_mb"]),
+            })
+            print(f"scaling {count}: {run['wall_s']:.1f} s, {1000 * per_image:.2f} ms/image", file=sys.stderr, flush=True)
+        report["scaling"] = scaling
+
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        report["work_dir"] = str(work)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
