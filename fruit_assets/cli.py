@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from fruit_assets import aws_cli
+
 FLAG_ENV = {
     "images": "FRUITS_IMAGES_ROOT",
     "lake": "FRUITS_LAKE_ROOT",
@@ -31,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--limit-per-class", type=int, metavar="N", help="mini mode: the first N images of each class")
     run.add_argument("--classes", nargs="+", metavar="CLASS", help="only these class folder names")
     sub.add_parser("classes", help="list the class folders found under the images root")
+    aws_cli.add_commands(sub)
     return parser
 
 
@@ -90,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     found, classes = plan.discovery, plan.classes
     for note in plan.notes:
         _say(f"WARNING: {note}")
+    _fresh_definitions()
     instance = dg.DagsterInstance.get()
     register_classes(instance, found.class_names)
     ordered = instance.get_dynamic_partitions(fruit_class_partitions.name)
@@ -114,11 +118,34 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fresh_definitions() -> None:
+    """The jobs resolve `fruit_assets.definitions`, whose resources are built from FRUITS_* when it is first imported.
+    A second `run` in the same process (tests, notebooks) with other settings must not execute against the first
+    one's images root and lake, so the module is rebuilt from the settings just checked."""
+    import importlib
+
+    module = sys.modules.get("fruit_assets.definitions")
+    if module is not None:
+        importlib.reload(module)
+
+
+def _root_cause(error) -> str:
+    """The innermost exception of a Dagster error chain, without Java/Python stack frames, kept short."""
+    while error.cause is not None or error.context is not None:
+        error = error.cause or error.context
+    lines = [ln.strip() for ln in error.message.splitlines() if ln.strip() and not ln.lstrip().startswith("at ")]
+    text = " ".join(lines)
+    return text[:1000] + (" ..." if len(text) > 1000 else "")
+
+
 def _fail(result) -> int:
     for event in result.all_events:
         if event.event_type_value == "STEP_FAILURE":
-            _say(f"FAILED: {event.step_key}: {event.event_specific_data.error.message.strip()}")
-    _say(f"run {result.run_id} failed; see it in the Dagster UI (fruits ui) for the full logs.")
+            error = event.event_specific_data.error
+            _say(f"FAILED: {event.step_key}: {error.message.strip()}")
+            if error.cause is not None or error.context is not None:
+                _say(f"  caused by: {_root_cause(error)}")
+    _say(f"run {result.run_id} failed; see it in the Dagster UI (`make ui`) for the full logs.")
     return 1
 
 
@@ -152,6 +179,8 @@ def _summary(instance, results, seconds: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _use_flags(args)
+    if args.command == "aws":
+        return aws_cli.run_command(args)
     if args.command == "classes":
         from fruit_assets.layout import discover
         from resources import settings_resources

@@ -147,6 +147,12 @@ def deploy_stack(
     return _outputs(_stack(cf, stack_name))
 
 
+def stack_outputs(stack_name: str, region: str) -> dict[str, str] | None:
+    """The Outputs of a live stack (bucket, cluster id, ...), or None when there is no such stack."""
+    stack = _stack(boto3.client("cloudformation", region_name=region), stack_name)
+    return None if stack is None else _outputs(stack)
+
+
 def teardown(stack_name: str, region: str, keep_bucket: bool = True) -> str | None:
     """Delete the stack; the bucket is Retain in the template so data survives unless keep_bucket=False.
 

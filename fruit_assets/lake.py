@@ -32,6 +32,7 @@ import re
 import socket
 import time
 import uuid
+from contextlib import contextmanager
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -174,10 +175,22 @@ def _local(path: str) -> str:
 # ------------------------------------------------------------------------------------------------- writer tags
 
 _HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:40] or "host"
+_IN_FLIGHT: set[str] = set()  # tags of the writes this process has under way
 
 
 def _tag() -> str:
     return f"{int(time.time() * 1000):013x}-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+@contextmanager
+def _writing():
+    """A fresh tag, marked in flight for as long as the write runs (so a read it triggers leaves its files alone)."""
+    tag = _tag()
+    _IN_FLIGHT.add(tag)
+    try:
+        yield tag
+    finally:
+        _IN_FLIGHT.discard(tag)
 
 
 def _writer_alive(tag: str) -> bool:
@@ -190,7 +203,7 @@ def _writer_alive(tag: str) -> bool:
     except ValueError:
         return False
     if pid == os.getpid():
-        return False  # our own, from an earlier write that failed; we are not writing it now
+        return tag in _IN_FLIGHT  # ours: alive only if that write is still under way
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -332,7 +345,11 @@ def write_classes(df: DataFrame, path: str, class_names: list[str]) -> None:
     """Replace exactly `class_names` in the class-partitioned dataset at `path` (see the module docstring)."""
     spark = df.sparkSession
     recover(spark, path)
-    tag = _tag()
+    with _writing() as tag:
+        _write_classes(spark, df, path, class_names, tag)
+
+
+def _write_classes(spark: SparkSession, df: DataFrame, path: str, class_names: list[str], tag: str) -> None:
     tmp, aside = f"{path}{WRITING}{tag}", f"{path}{OLD_PARTS}{tag}"
     wanted = {partition_name(spark, c) for c in class_names}
     try:
@@ -362,6 +379,7 @@ def write_classes(df: DataFrame, path: str, class_names: list[str]) -> None:
             if name in written:
                 _rename(spark, f"{tmp}/{name}", target)
     except BaseException:
+        _IN_FLIGHT.discard(tag)  # this write is over: let recover() treat its leftovers as an interrupted write's
         recover(spark, path)  # puts back any class folder parked aside, deletes the unfinished write
         raise
     delete(spark, aside)
@@ -371,23 +389,23 @@ def write_classes(df: DataFrame, path: str, class_names: list[str]) -> None:
 def replace(path: str, spark: SparkSession, write) -> None:
     """Write via `write(tmp_path)` next to `path`, then swap it in; the old version survives a failed write."""
     recover(spark, path)
-    tag = _tag()
-    tmp, old = f"{path}{WRITING}{tag}", f"{path}{OLD}{tag}"
-    try:
-        write(tmp)
-    except BaseException:
-        _quietly_delete(spark, tmp)
-        raise
-    had_previous = exists(spark, path)
-    if had_previous:
-        _rename(spark, path, old)
-    try:
-        _rename(spark, tmp, path)
-    except BaseException:
-        if had_previous and not exists(spark, path):
-            _rename(spark, old, path)
-        _quietly_delete(spark, tmp)
-        raise
+    with _writing() as tag:
+        tmp, old = f"{path}{WRITING}{tag}", f"{path}{OLD}{tag}"
+        try:
+            write(tmp)
+        except BaseException:
+            _quietly_delete(spark, tmp)
+            raise
+        had_previous = exists(spark, path)
+        if had_previous:
+            _rename(spark, path, old)
+        try:
+            _rename(spark, tmp, path)
+        except BaseException:
+            if had_previous and not exists(spark, path):
+                _rename(spark, old, path)
+            _quietly_delete(spark, tmp)
+            raise
     delete(spark, old)
 
 

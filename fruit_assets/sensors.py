@@ -18,13 +18,18 @@ def register_classes(instance: dg.DagsterInstance, class_names: list[str]) -> li
 
 @dg.sensor(
     minimum_interval_seconds=300,
-    default_status=dg.DefaultSensorStatus.STOPPED,
+    default_status=dg.DefaultSensorStatus.RUNNING,
     description="Scans the images root and adds a fruit_class partition for each new class folder.",
 )
 def new_fruit_classes(context: dg.SensorEvaluationContext, images: ImageSource):
     found = discover(images.root)
     known = set(context.instance.get_dynamic_partitions(fruit_class_partitions.name))
     new = sorted(partition_key(c) for c in found.class_names if partition_key(c) not in known)
+    if found.outside_classes:
+        context.log.warning(found.outside_message())
     if not new:
-        return dg.SkipReason(f"{len(found.classes)} classes, none new; empty folders: {found.empty_classes}")
+        return dg.SkipReason(
+            f"{len(found.classes)} classes, none new; empty folders: {found.empty_classes}"
+            + (f"; {len(found.outside_classes)} image file(s) outside class folders" if found.outside_classes else "")
+        )
     return dg.SensorResult(dynamic_partitions_requests=[fruit_class_partitions.build_add_request(new)])

@@ -25,9 +25,9 @@ ALL_JOBS = [embed_classes_job, reduce_job]
 
 
 def _job(name: str) -> dg.JobDefinition:
-    from fruit_assets.definitions import defs
+    from fruit_assets.definitions import build_definitions
 
-    return defs.resolve_job_def(name)
+    return build_definitions().resolve_job_def(name)
 
 
 def embed_classes() -> dg.JobDefinition:

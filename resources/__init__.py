@@ -9,6 +9,7 @@ Settings come from FRUITS_* environment variables (the `fruits` CLI sets them fr
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -38,6 +39,8 @@ LOCAL_SPARK_CONFIG = {
     # Fruit photos are small files: Spark's default 4 MB "cost" per file would cut 17k images into 500+ tiny tasks.
     "spark.sql.files.openCostInBytes": "131072",
     "spark.python.worker.reuse": "true",
+    # Python workers run this interpreter (the venv), whatever `python3` is first on PATH.
+    "spark.pyspark.python": sys.executable,
     "spark.task.maxFailures": "4",
     "spark.sql.parquet.compression.codec": "snappy",
 }

@@ -41,7 +41,9 @@ Why a subclass of dagster-aws's EmrPySparkStepLauncher, and what it adds (each o
   the step finished, then adds the metadata before writing them to the run's event log (Dagster metadata on the
   materialization itself, not a separate observation);
 - a step that EMR itself fails (spark-submit crashed, node lost) raises an EmrError that says why (EMR's failure
-  details and state-change reason), after replaying whatever events the step had written;
+  details and state-change reason, and the traceback emr_step_main.py leaves when the failure happened outside
+  Dagster's step execution, e.g. unpickling the step with another Dagster version), after replaying whatever events
+  the step had written;
 - the code package holds exactly this project's packages (dagster-pyspark's zipper would take in `.venv`, the lake
   and the Dagster home, as its `/venv/` exclusion does not match `.venv`);
 - the poll interval is configurable (dagster-aws hard-codes 15 s).
@@ -85,13 +87,15 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 JOB_PACKAGES = ("fruit_assets", "resources", "jobs")
 STEP_MAIN = Path(__file__).resolve().parent / "emr_step_main.py"
 STEP_CONTEXT_FILE = "fruits_step_context.json"  # staged beside step_run_ref.pkl; read by emr_step_main.py
+STEP_ERROR_FILE = "step_error.txt"  # left by emr_step_main.py when the step fails outside Dagster's step execution
 STEP_ENV_KEYS = ("EMR_CLUSTER_ID",)  # plus every FRUITS_* variable
 DEFAULT_STAGING_PREFIX = "emr-staging"  # the prefix infra/fruits_emr.yaml's lifecycle rule expires
 TERMINATED_STATES = ("TERMINATING", "TERMINATED", "TERMINATED_WITH_ERRORS")
 SSE = infra.SSE
 
 # Spark settings for the steps, passed as --conf to spark-submit. The launcher requires spark.master=yarn.
-# Same workload settings as LOCAL_SPARK_CONFIG, except the master and the driver memory (m5.xlarge: 16 GiB).
+# The workload settings of LOCAL_SPARK_CONFIG, except the master, the driver memory (m5.xlarge: 16 GiB) and twice the
+# shuffle partitions (2 core nodes of 4 vCPUs). Spark on YARN honours spark.task.maxFailures without local[*, F].
 EMR_SPARK_CONFIG = {
     "spark.master": "yarn",
     "spark.submit.deployMode": "client",
@@ -162,7 +166,7 @@ def check_data_residency(
     if cluster["state"] in TERMINATED_STATES:
         raise ClusterNotUsableError(
             f"EMR cluster {cluster_id} is {cluster['state']} (idle auto-termination?); "
-            "deploy a new one (`fruits aws deploy`) and set EMR_CLUSTER_ID to its id."
+            "replace it with `fruits aws deploy --recreate-cluster` and set EMR_CLUSTER_ID to the new id."
         )
     s3 = boto3.client("s3", region_name=region)
     for what, bucket in buckets.items():
@@ -313,11 +317,15 @@ class FruitsEmrPySparkStepLauncher(EmrPySparkStepLauncher):
                 seen = len(events)
         except EmrError as error:
             # EMR failed the step (spark-submit crashed, node lost, cancelled): replay what the step had written,
-            # then fail with EMR's own words instead of dagster-aws's bare "EMR step ... failed".
+            # then fail with EMR's own words and the step's traceback instead of dagster-aws's bare "EMR step ...
+            # failed".
             report = self._step_report(emr_step_id)
             for entry in held + list(self.read_events(s3, run_id, step_key))[seen:]:
                 yield from _forward(step_context, _with_metadata(entry, report["metadata"]))
-            raise EmrError(f"{error}: {report['failure']}") from error
+            step_error = self._step_error(s3, run_id, step_key)
+            raise EmrError(
+                f"{error}: {report['failure']}" + (f"\nThe step's own error:\n{step_error}" if step_error else "")
+            ) from error
         report = self._step_report(emr_step_id)
         step_context.log.info(
             f"EMR step {emr_step_id} on {self.cluster_id}: {report['seconds']:.1f} s, "
@@ -325,6 +333,14 @@ class FruitsEmrPySparkStepLauncher(EmrPySparkStepLauncher):
         )
         for entry in held:
             yield from _forward(step_context, _with_metadata(entry, report["metadata"]))
+
+    def _step_error(self, s3, run_id: str, step_key: str) -> str | None:
+        """The traceback emr_step_main.py leaves when the step fails outside Dagster's step execution."""
+        try:
+            body = s3.Object(self.staging_bucket, self._artifact_s3_key(run_id, step_key, STEP_ERROR_FILE)).get()["Body"]
+        except ClientError:
+            return None
+        return body.read().decode("utf-8", errors="replace")
 
     def _step_report(self, emr_step_id: str) -> dict[str, Any]:
         emr = self.emr_job_runner.make_emr_client()

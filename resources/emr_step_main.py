@@ -4,7 +4,9 @@ dagster-aws's own emr_step_main.py, plus two things it cannot do (see resources/
 1. apply the step's settings (FRUITS_* / EMR_CLUSTER_ID, staged as fruits_step_context.json beside the pickled step)
    before any project code is imported, since the step rebuilds its resources from them;
 2. give the step's ephemeral Dagster instance the facts of the launching instance that this graph reads: the
-   fruit_class partitions, in order (runs are partition ranges), and which partitions are materialized.
+   fruit_class partitions, in order (runs are partition ranges), and which partitions are materialized;
+3. when the step fails outside Dagster's step execution (no STEP_FAILURE event can carry it), leave the traceback
+   as step_error.txt beside the events, for the launcher to put in the run's error.
 Events go back exactly as in dagster-aws: all of them, rewritten to events.pkl on S3 as they come.
 
 Uploaded by the launcher as a plain file and run by the cluster's Python, so it imports nothing from this project.
@@ -17,6 +19,7 @@ import pickle
 import posixpath
 import re
 import sys
+import traceback
 from queue import Queue
 from threading import Thread
 
@@ -27,6 +30,7 @@ from dagster._serdes import serialize_value
 from dagster_aws.emr.emr_step_main import DONE, event_writing_loop
 
 CONTEXT_FILE = "fruits_step_context.json"
+ERROR_FILE = "step_error.txt"  # written when the step fails before or outside Dagster's own step execution
 ENV_NAME = re.compile(r"^(FRUITS_[A-Z0-9_]+|EMR_CLUSTER_ID)$")
 
 
@@ -53,6 +57,19 @@ def prepared_instance(context: dict) -> DagsterInstance:
 def main(bucket: str, step_run_ref_key: str) -> None:
     s3 = boto3.client("s3")
     step_dir = posixpath.dirname(step_run_ref_key)
+    try:
+        run(s3, bucket, step_dir, step_run_ref_key)
+    except BaseException:
+        # An error outside the Dagster step (settings, unpickling, loading the code) has no STEP_FAILURE event to
+        # travel in, and EMR's own failure reason rarely names it: leave it beside the events for the launcher.
+        s3.put_object(
+            Body=traceback.format_exc()[-20000:].encode(), Bucket=bucket, Key=f"{step_dir}/{ERROR_FILE}",
+            ServerSideEncryption="AES256",
+        )
+        raise
+
+
+def run(s3, bucket: str, step_dir: str, step_run_ref_key: str) -> None:
     context = json.loads(s3.get_object(Bucket=bucket, Key=f"{step_dir}/{CONTEXT_FILE}")["Body"].read())
     apply_env(context.get("env", {}))
     step_run_ref = pickle.loads(s3.get_object(Bucket=bucket, Key=step_run_ref_key)["Body"].read())

@@ -10,8 +10,9 @@ PENDING step (in order, one at a time, as EMR's default StepConcurrencyLevel of 
 - runs it with the environment a cluster node has (AWS endpoint and credentials standing in for the instance
   profile, PYSPARK_PYTHON as the template's spark-env sets it) and nothing of the test's FRUITS_* settings, so the
   step only knows what the launcher staged;
-- marks it COMPLETED on exit code 0, else FAILED with the tail of its output as the state-change reason, and
-  FAILED on any exception of its own: a step left PENDING/RUNNING would make the launcher poll forever.
+- marks it COMPLETED on exit code 0, else FAILED with what EMR would say ("Unknown Error." and where the log is; the
+  output stays in the record for the test), and FAILED on any exception of its own: a step left PENDING/RUNNING
+  would make the launcher poll forever.
 `stop()` (and the deadline) fail whatever is still pending, for the same reason.
 """
 
@@ -69,6 +70,7 @@ class EmrStandIn:
         self.records: list[StepRecord] = []
         self._handled: set[str] = set()
         self._fail_next: list[str] = []
+        self._replace_ref: list[bytes] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="emr-standin", daemon=True)
         self.env = self._node_env()
@@ -98,8 +100,10 @@ class EmrStandIn:
         """Emulate a cluster-side failure (node lost, spark-submit killed): FAILED without running the command."""
         self._fail_next.append(reason)
 
-    def steps(self, cluster_id: str) -> list:
-        return [s for s in self._cluster_steps() if s[0] == cluster_id]
+    def replace_next_step_run_ref(self, data: bytes) -> None:
+        """Emulate a cluster that cannot load the staged step (e.g. another Dagster version in its bootstrap wheel):
+        the next step's step_run_ref.pkl is overwritten in S3 before its command runs."""
+        self._replace_ref.append(data)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -131,7 +135,8 @@ class EmrStandIn:
                     self._fail_all_open("stand-in deadline passed")
                     return
                 for cluster_id, step in self._cluster_steps():
-                    if step.id not in self._handled and step.state == "PENDING":
+                    # moto files the first step of an idle cluster as RUNNING although nothing runs it
+                    if step.id not in self._handled and step.state in ("PENDING", "RUNNING"):
                         self._handled.add(step.id)
                         self._run(cluster_id, step)
                         break  # one step at a time, then look again from the start (order of addition)
@@ -165,6 +170,8 @@ class EmrStandIn:
             step_dir = self.workdir / step.id
             step_dir.mkdir(parents=True)
             record.command = self.local_command(record.args, step_dir)
+            if self._replace_ref:
+                boto3.client("s3").put_object(Bucket=record.args[-2], Key=record.args[-1], Body=self._replace_ref.pop(0))
             record.log_path = str(step_dir / "step.log")
             with open(record.log_path, "wb") as out:
                 proc = subprocess.run(
@@ -173,8 +180,8 @@ class EmrStandIn:
                 )
             record.returncode = proc.returncode
             record.output_tail = _tail(record.log_path)
-            if proc.returncode != 0:
-                raise StepFailed(f"spark-submit exited with code {proc.returncode}: {record.output_tail[-600:]}")
+            if proc.returncode != 0:  # what EMR says (FailureDetails: "Unknown Error." and the log file), no more
+                raise StepFailed(f"Unknown Error. (spark-submit exited with code {proc.returncode}; log: {record.log_path})")
             record.state = "COMPLETED"
             self._finish(step, "COMPLETED")
         except BaseException as e:  # noqa: BLE001  ALWAYS leave the step FAILED, never PENDING/RUNNING

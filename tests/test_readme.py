@@ -38,7 +38,7 @@ SECTIONS = [
     "Data, licences and versions",
 ]
 # Settings the README may name that the project does not define: they belong to the tools it runs on.
-EXTERNAL_VARIABLES = {"DAGSTER_HOME", "JAVA_HOME", "PYSPARK_SUBMIT_ARGS"}
+EXTERNAL_VARIABLES = {"DAGSTER_HOME", "JAVA_HOME", "PYSPARK_SUBMIT_ARGS", "PYSPARK_PYTHON"}
 # Links to documents a colleague is writing at the same time; remove an entry once the file is in the tree.
 PENDING_DOCS = {"docs/aws.md"}
 CODE_DIRS = ["fruit_assets", "resources", "jobs", "benchmarks", "infra", "tests"]
@@ -90,13 +90,15 @@ def fruits_parser() -> argparse.ArgumentParser:
     return _parser()
 
 
-def parser_options(parser: argparse.ArgumentParser) -> dict[str, set[str]]:
-    """Subcommand -> its option strings (e.g. {"run": {"--images", ...}})."""
+def parser_options(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, set[str]]:
+    """Subcommand path -> its option strings (e.g. {"run": {"--images", ...}, "aws deploy": {...}})."""
     options = {}
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
-                options[name] = {o for a in sub._actions for o in a.option_strings if o not in ("-h", "--help")}
+                path = f"{prefix} {name}".strip()
+                options[path] = {o for a in sub._actions for o in a.option_strings if o not in ("-h", "--help")}
+                options.update(parser_options(sub, path))
     return options
 
 
@@ -149,17 +151,25 @@ def check_make(words: list[str]) -> None:
 def check_fruits(words: list[str]) -> None:
     args = words[1:]
     parser = fruits_parser()
-    if "--help" in args or "-h" in args:
-        args = [a for a in args if a not in ("--help", "-h")]
-    try:
-        parser.parse_args(args)
-    except SystemExit as e:
-        pytest.fail(f"`{shlex.join(words)}` does not parse with the fruits CLI (exit {e.code})")
-    subcommand = next((a for a in args if not a.startswith("-")), None)
-    known = parser_options(parser).get(subcommand, set())
+    wants_help = "--help" in args or "-h" in args
+    args = [a for a in args if a not in ("--help", "-h")]
+    if not wants_help:  # `fruits aws --help` is complete; `fruits aws` alone is not
+        try:
+            parser.parse_args(args)
+        except SystemExit as e:
+            pytest.fail(f"`{shlex.join(words)}` does not parse with the fruits CLI (exit {e.code})")
+    paths = parser_options(parser)
+    subcommand = []  # the longest run of leading words that names a (nested) subcommand, e.g. ["aws", "deploy"]
+    for word in args:
+        if " ".join([*subcommand, word]) not in paths:
+            break
+        subcommand.append(word)
+    known = paths.get(" ".join(subcommand), set())
+    if wants_help:
+        assert [a for a in args if not a.startswith("-")] == subcommand, f"`{shlex.join(words)}`: no such subcommand"
     for flag in (a.split("=")[0] for a in args if a.startswith("--")):
-        assert flag in known, f"`{shlex.join(words)}`: {flag} is not an option of `fruits {subcommand}` (no abbreviations)"
-    shown = run([str(BIN / "fruits"), *([subcommand] if subcommand else []), "--help"])
+        assert flag in known, f"`{shlex.join(words)}`: {flag} is not an option of `fruits {' '.join(subcommand)}` (no abbreviations)"
+    shown = run([str(BIN / "fruits"), *subcommand, "--help"])
     assert shown.returncode == 0 and "usage: fruits" in shown.stdout, shown.stderr
 
 
@@ -210,6 +220,10 @@ def check_command(command: str) -> None:
         assert os.access(PROJECT / ".ci" / "run", os.X_OK) and run(["bash", "-n", ".ci/run"]).returncode == 0
     elif name in ("python", "python3") and words[1:3] == ["-m", "pytest"]:
         check_pytest_args(words[3:])
+    elif program in (".", "source") and words[1:] == [".venv/bin/activate"]:
+        makefile = (PROJECT / "Makefile").read_text()  # `make setup` makes .venv, whose activate script this is
+        assert "VENV := .venv" in makefile and "-m venv $(VENV)" in makefile
+        assert (PROJECT / ".venv" / "bin" / "activate").is_file() or not (PROJECT / ".venv").exists()
     elif name == "export":
         for word in words[1:]:
             check_variable(word.split("=", 1)[0])
@@ -242,7 +256,7 @@ def test_inline_commands_parse_too():
     """Commands quoted inline (`make ui UI_PORT=3001`, `fruits classes`) get the same checks."""
     inline = set()
     for span in re.findall(r"`([^`\n]+)`", readme()):
-        if re.match(r"(make|fruits|\.venv/bin/fruits|\.venv/bin/dagster) ", span) or span in ("make ui", "fruits classes"):
+        if re.match(r"(make|fruits|\.venv/bin/fruits|\.venv/bin/dagster) ", span):
             inline.add(span)
     assert "make ui" in inline
     for command in sorted(inline):
@@ -305,11 +319,11 @@ def test_configuration_table_lists_every_setting_and_flag():
             read |= set(re.findall(r"\b((?:FRUITS|EMR)_[A-Z0-9_]*[A-Z0-9])\b", source)) - constants
     undocumented = sorted(n for n in read if f"`{n}`" not in table)
     assert not undocumented, f"settings the code reads but the README's configuration table does not list: {undocumented}"
-    flags = {flag for options in parser_options(fruits_parser()).values() for flag in options}
+    flags = parser_options(fruits_parser())["run"]  # `fruits aws ...` options belong to docs/aws.md
     missing = sorted(f for f in flags if f"`{f}" not in table)
-    assert not missing, f"fruits flags missing from the configuration table: {missing}"
-    for subcommand in parser_options(fruits_parser()):
-        assert f"fruits {subcommand}" in readme() or f"fruits {subcommand}" in readme().replace(".venv/bin/", "")
+    assert not missing, f"`fruits run` flags missing from the configuration table: {missing}"
+    for subcommand in (p for p in parser_options(fruits_parser()) if " " not in p):
+        assert f"fruits {subcommand}" in readme(), f"README never mentions `fruits {subcommand}`"
 
 
 def test_version_table_matches_the_pins():
@@ -331,3 +345,18 @@ def test_python_blocks_compile():
     for lang, body in code_blocks(readme()):
         if lang == "python":
             compile(body, "README.md", "exec")
+
+
+def test_instance_settings_in_the_readme_load(tmp_path, monkeypatch):
+    """The dagster.yaml snippet the README recommends is valid instance configuration and does what it says."""
+    import textwrap
+
+    import dagster as dg
+
+    blocks = re.findall(r"^( *)```yaml\n(.*?)^\1```", readme(), re.M | re.S)
+    snippets = [textwrap.dedent(body) for _, body in blocks if "max_concurrent_runs" in body]
+    assert snippets, "README should show how to run backfill runs one at a time"
+    (tmp_path / "dagster.yaml").write_text(snippets[0])
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    with dg.DagsterInstance.get() as instance:
+        assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 1

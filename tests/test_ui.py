@@ -4,7 +4,8 @@ After a `fruits run` over a few real images (private DAGSTER_HOME and lake), `da
 is started on loopback with the same DAGSTER_HOME and FRUITS_* settings, and Debian's Chromium, headless and
 driven over the Chrome DevTools Protocol, opens the pages a person would: the asset catalog, the lineage graph,
 an asset's partitions, the PCA assets' metadata (with the plots opened as images) and the asset checks.
-Screenshots land in a temporary folder whose path is printed (`pytest -m ui -s` shows it). The webserver's
+Screenshots land in a temporary folder whose path is printed (`pytest -m ui -s` shows it), or in
+FRUITS_UI_SCREENSHOTS when set. The webserver's
 GraphQL API is cross-checked for the same facts.
 
 Chromium comes from Debian (`apt-get install -y chromium`, installed here when missing and we are root, as in
@@ -265,16 +266,22 @@ def chromium() -> str:
 
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("ui-screenshots")
+    chosen = os.environ.get("FRUITS_UI_SCREENSHOTS")  # a folder that outlives pytest's temporary ones
+    folder = Path(chosen) if chosen else tmp_path_factory.mktemp("ui-screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
     print(f"\n[test_ui] screenshots: {folder}")
     return folder
+
+
+def newcomer_env(settings: dict) -> dict:
+    """This process's environment without settings other tests may have left behind, plus these settings."""
+    kept = {k: v for k, v in os.environ.items() if not k.startswith(("FRUITS_", "EMR_", "AWS_", "DAGSTER_"))}
+    return {**kept, **settings}
 
 
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory, weights, engine_cache, chromium):
     """`fruits run` into a private instance, then the webserver on loopback with the same settings."""
-    from fruit_assets.cli import main
-
     base_dir = tmp_path_factory.mktemp("ui")
     home = base_dir / "dagster_home"
     home.mkdir()
@@ -290,14 +297,14 @@ def ui(tmp_path_factory, weights, engine_cache, chromium):
         "FRUITS_CACHE_DIR": str(engine_cache),
         "FRUITS_DEPLOYMENT": "local",
     }
-    saved = dict(os.environ)  # the CLI exports its flags as FRUITS_* variables; keep them out of other tests
-    try:
-        os.environ.update(settings)
-        code = main(["run"])
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    assert code == 0, "fruits run failed; the UI would have nothing to show"
+    # `fruits run` as a person runs it, in its own process: fruit_assets.definitions builds its resources from the
+    # FRUITS_* settings when first imported, so an in-process run after other tests would reuse their settings.
+    run_log = base_dir / "fruits_run.log"
+    with open(run_log, "w") as out:
+        done = subprocess.run([str(Path(sys.executable).parent / "fruits"), "run"], cwd=PROJECT_DIR,
+                              env=newcomer_env(settings), stdout=out, stderr=subprocess.STDOUT, timeout=600)
+    summary = [line for line in run_log.read_text().splitlines() if line.startswith("[fruits]")]
+    assert done.returncode == 0, "fruits run failed; the UI would have nothing to show:\n" + "\n".join(summary[-15:])
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -306,7 +313,7 @@ def ui(tmp_path_factory, weights, engine_cache, chromium):
         proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "dagster-webserver"), "-w", "workspace.yaml",
              "-h", "127.0.0.1", "-p", str(port)],
-            cwd=PROJECT_DIR, env={**os.environ, **settings}, stdout=out, stderr=subprocess.STDOUT,
+            cwd=PROJECT_DIR, env=newcomer_env(settings), stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     try:
@@ -409,6 +416,11 @@ def test_partitions_page_shows_each_class_materialized(ui, browser, shots):
     text = browser.wait_for_text("images_per_class", "bytes_listed", "ignored_files")
     browser.settle()
     browser.screenshot(shots / "04_raw_images_overview.png")
+    browser.goto(f"{ui['base']}/assets/mobilenet_features?view=checks")  # two blocking checks on a partitioned asset
+    browser.wait_for_text(*CHECKS["mobilenet_features"], "blocking")
+    browser.wait_for("/Passed|Succeeded/.test(document.body.innerText)", "a passed check")
+    browser.settle()
+    browser.screenshot(shots / "04b_mobilenet_features_checks.png")
 
 
 OPEN_MARKDOWN = """(() => {
@@ -440,6 +452,8 @@ def test_pca_model_page_shows_variance_metadata_plot_and_check(ui, browser, shot
     text = browser.wait_for_text("explained_variance", "cumulative_explained_variance", "variance_plot",
                                  "components_for_90_percent", "total_explained_variance")
     assert "[Show Markdown]" in text  # the plot is one click away, not inline (Markdown over 1000 characters)
+    browser.evaluate("[...document.querySelectorAll('tr')].find(r => r.cells.length && "
+                     "r.cells[0].innerText.trim() === 'variance_plot').scrollIntoView({block: 'center'})")
     browser.settle()
     browser.screenshot(shots / "05_pca_model_overview.png")
     width, height, _ = open_plot(browser, "variance_plot", "explained variance")
