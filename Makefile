@@ -4,7 +4,6 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 # Spark starts its Python workers with `python3` from PATH unless told otherwise: use the venv's, activated or not.
-export PYSPARK_PYTHON ?= $(CURDIR)/$(BIN)/python
 UI_PORT ?= 3000
 
 .PHONY: setup run test ui bench clean
