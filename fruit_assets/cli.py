@@ -119,14 +119,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _fresh_definitions() -> None:
-    """The jobs resolve `fruit_assets.definitions`, whose resources are built from FRUITS_* when it is first imported.
-    A second `run` in the same process (tests, notebooks) with other settings must not execute against the first
-    one's images root and lake, so the module is rebuilt from the settings just checked."""
-    import importlib
+    """Dagster keeps the last job it reconstructed (an lru_cache on ReconstructableJob, keyed by the code pointer), so
+    a second `run` in the same process (tests, notebooks) with other settings would execute against the first one's
+    images root and lake. Clearing it makes jobs._job build the job again, with resources from the settings just
+    checked."""
+    from dagster._core.definitions.reconstruct import ReconstructableJob
 
-    module = sys.modules.get("fruit_assets.definitions")
-    if module is not None:
-        importlib.reload(module)
+    for cached in (ReconstructableJob.get_definition, ReconstructableJob.get_repository_definition):
+        getattr(cached, "cache_clear", lambda: None)()
 
 
 def _root_cause(error) -> str:

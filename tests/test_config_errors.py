@@ -259,6 +259,26 @@ def test_lake_paths_stay_under_the_root():
     assert validate_root("file:///data/lake/") == "file:///data/lake"
 
 
+def test_each_run_in_a_process_executes_with_its_own_settings(env, tmp_path):
+    """`cli.main(["run", ...])` twice in one process (as the tests do) with other flags: the job the second run
+    executes is built from the second run's settings, although fruit_assets.definitions was imported with the first
+    and Dagster caches the last reconstructed job."""
+    import jobs
+    from fruit_assets.cli import _fresh_definitions
+
+    def job_settings():
+        job = dg.reconstructable(jobs.embed_classes).get_definition()
+        value = lambda key: job.resource_defs[key].config_schema.as_field().default_value["root"]  # noqa: E731
+        return value("images"), value("lake_settings")
+
+    os.environ.update(FRUITS_IMAGES_ROOT=str(tmp_path / "one"), FRUITS_LAKE_ROOT=str(tmp_path / "lake-one"))
+    _fresh_definitions()
+    assert job_settings() == (str(tmp_path / "one"), str(tmp_path / "lake-one"))
+    os.environ.update(FRUITS_IMAGES_ROOT=str(tmp_path / "two"), FRUITS_LAKE_ROOT=str(tmp_path / "lake-two"))
+    _fresh_definitions()
+    assert job_settings() == (str(tmp_path / "two"), str(tmp_path / "lake-two"))
+
+
 # ------------------------------------------------------------------------------------------------ inside assets
 
 

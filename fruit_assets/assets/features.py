@@ -76,7 +76,10 @@ def model_info(mobilenet: MobileNetSettings, artifact) -> dict:
         "mobilenet_features": dg.AssetOut(
             io_manager_key="lake_io_manager",
             kinds={"spark", "parquet", "tensorflow"},
-            description="One 1280-float MobileNetV2 (ImageNet) embedding per image, with its path, label and split.",
+            description=(
+                "A 1280-number fingerprint (embedding) of each photo from MobileNetV2, a network pretrained on "
+                "ImageNet: similar-looking fruit get similar vectors. With path, label and split."
+            ),
         ),
         "image_errors": dg.AssetOut(
             io_manager_key="lake_io_manager",

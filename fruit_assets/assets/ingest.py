@@ -35,7 +35,10 @@ def read_class_files(spark, folders: list[str]) -> DataFrame:
     io_manager_key="lake_io_manager",
     group_name="ingest",
     kinds={"spark", "parquet"},
-    description="The image files of each fruit class, bytes included, as read by Spark's binaryFile source.",
+    description=(
+        "Every photo file (.jpg/.jpeg/.png) found under the images root: its path, size and raw bytes, "
+        "one partition per fruit class."
+    ),
 )
 def raw_images(
     context: dg.AssetExecutionContext,

@@ -71,7 +71,10 @@ def fit_pca(features: DataFrame, k: int) -> tuple[PipelineModel, np.ndarray]:
     metadata={FORMAT_KEY: "spark_ml"},
     group_name="reduction",
     kinds={"spark"},
-    description="StandardScaler + PCA (k components) fitted on the features of every materialized class.",
+    description=(
+        "The model that compresses each 1280-number embedding to k numbers (standardise, then principal "
+        "component analysis), fitted on all materialized classes; the variance plot shows how much k keeps."
+    ),
 )
 def pca_model(
     context: dg.AssetExecutionContext,
@@ -128,7 +131,10 @@ def pca_model(
     required_resource_keys={STEP_LAUNCHER_KEY},
     group_name="reduction",
     kinds={"spark", "parquet", "csv"},
-    description="Every image's k principal components (Parquet, plus a CSV export), with its path, label and split.",
+    description=(
+        "Each photo's compressed embedding: the k numbers from pca_model, with its path, label and split "
+        "(Parquet, plus a CSV export)."
+    ),
 )
 def pca_features(
     context: dg.AssetExecutionContext, pca_model: PipelineModel, mobilenet_features: DataFrame
