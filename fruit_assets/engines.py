@@ -488,7 +488,7 @@ def _tensorflow_embedder(artifact: EngineArtifact, threads: int) -> Callable[[np
         model = build_keras_model(path)
 
     # Measured on the 2-core box, batches of 64: this tf.function (one trace for every batch size) runs
-    # 55 img/s with 1 thread vs ~31-33 for eager model(x, training=False), and ~1.1x model.predict_on_batch.
+    # 55 img/s with 1 thread vs ~36 for eager model(x, training=False), and ~1.1x model.predict_on_batch.
     # Graph execution is not bit-identical to eager (grappler fuses ops): max abs diff ~6e-6 on features
     # up to ~6, the same as predict_on_batch.
     @tf.function(
