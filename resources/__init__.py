@@ -29,7 +29,7 @@ LOCAL_SPARK_CONFIG = {
     # unless F is given in the master URL; with 4, a crashed Python worker or a flaky read is retried as on a cluster.
     "spark.master": "local[*, 4]",
     "spark.app.name": "fruit_assets",
-    "spark.driver.memory": "3g",
+    "spark.driver.memory": "2g",
     "spark.ui.showConsoleProgress": "false",
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.execution.arrow.pyspark.enabled": "true",

@@ -47,6 +47,7 @@ class SparkLakeIOManager(dg.ConfigurableIOManager):
         spark = self.pyspark.spark_session
         upstream = context.upstream_output
         if upstream is not None and upstream.definition_metadata.get(FORMAT_KEY) == "spark_ml":
+            lake.recover(spark, path)  # a killed swap may have parked the last complete model aside
             return PipelineModel.load(path)
         classes = [class_name(k) for k in context.asset_partition_keys] if context.has_asset_partitions else None
         return lake.read(spark, path, classes)

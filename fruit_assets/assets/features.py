@@ -36,7 +36,10 @@ def local_weights(weights: str | None, cache_dir: str) -> str | None:
     import boto3
 
     bucket, _, key = weights[len("s3://"):].partition("/")
-    target = Path(cache_dir).expanduser() / "weights" / bucket / key
+    cache = (Path(cache_dir).expanduser() / "weights").resolve()
+    target = (cache / bucket / key).resolve()
+    if cache not in target.parents:
+        raise ValueError(f"Refusing weights URI {weights!r}: it would be cached outside {cache}.")
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(target.suffix + ".partial")
