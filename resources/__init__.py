@@ -23,6 +23,10 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 SHARED_DIR = PROJECT_DIR.parent / "shared"
 WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 
+# In-process PySpark starts its Python workers with $PYSPARK_PYTHON (else `python3` from PATH, which may lack the
+# project's packages): default it to the interpreter running Dagster, the project's venv.
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
 # Spark settings that matter for this workload; see README "Performance".
 LOCAL_SPARK_CONFIG = {
     # local[N, F]: in local mode Spark ignores spark.task.maxFailures and fails a job on a task's first failure
@@ -39,8 +43,6 @@ LOCAL_SPARK_CONFIG = {
     # Fruit photos are small files: Spark's default 4 MB "cost" per file would cut 17k images into 500+ tiny tasks.
     "spark.sql.files.openCostInBytes": "131072",
     "spark.python.worker.reuse": "true",
-    # Python workers run this interpreter (the venv), whatever `python3` is first on PATH.
-    "spark.pyspark.python": sys.executable,
     "spark.task.maxFailures": "4",
     "spark.sql.parquet.compression.codec": "snappy",
 }
