@@ -498,6 +498,8 @@ def documented_datasets() -> dict[str, dict[str, str] | None]:
     datasets: dict[str, dict[str, str] | None] = {}
     for heading, body in re.findall(r"^### ([^\n]+)\n(.*?)(?=^### |\Z)", readme_lake_section(), re.M | re.S):
         names = re.findall(r"`([A-Za-z0-9_]+)/`", heading)
+        if not names:  # prose subsections (e.g. bad input and re-runs) describe no dataset
+            continue
         rows = re.findall(r"^\| `([A-Za-z0-9_]+)` \| ([a-z0-9<>]+) \|", body, re.M)
         datasets[names[0]] = dict(rows) or None
         for extra in names[1:]:
