@@ -158,12 +158,12 @@ def _summary(instance, results, seconds: float) -> None:
 
     features, pca, errors = latest("mobilenet_features"), latest("pca_model"), latest("image_errors")
     raw = latest("raw_images")
-    checks = []
+    checks = {}  # one line per check (a run's event stream can carry an evaluation more than once)
     for result in results:
         for event in result.all_events:
             if event.event_type_value == "ASSET_CHECK_EVALUATION":
                 data = event.event_specific_data
-                checks.append(f"{data.check_name}: {'passed' if data.passed else 'FAILED'}")
+                checks[data.check_name] = f"{data.check_name}: {'passed' if data.passed else 'FAILED'}"
     _say("done in %.1f s" % seconds)
     if raw.get("files_found") is not None:
         _say(f"files (last embedding run): {raw.get('files_found')} found in class folders = {raw.get('images')} images "
@@ -172,7 +172,7 @@ def _summary(instance, results, seconds: float) -> None:
          f"({features.get('engine')}); errors: {errors.get('errors')}")
     _say(f"PCA k={pca.get('k')}: total explained variance {pca.get('total_explained_variance')}, "
          f"90% with {pca.get('components_for_90_percent')}, 95% with {pca.get('components_for_95_percent')} components")
-    for line in checks:
+    for line in checks.values():
         _say(f"check {line}")
 
 
