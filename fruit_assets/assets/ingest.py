@@ -29,12 +29,18 @@ def read_class_files(spark, folders: list[str]) -> DataFrame:
     return spark.read.format("binaryFile").option("recursiveFileLookup", "true").load([glob_escape(f) for f in folders])
 
 
-@dg.asset(
+# Both ingest assets: one partition per class, backfilled in one run, stored as Parquet in the lake.
+PER_CLASS_INGEST = dict(
     partitions_def=fruit_class_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     io_manager_key="lake_io_manager",
     group_name="ingest",
     kinds={"spark", "parquet"},
+)
+
+
+@dg.asset(
+    **PER_CLASS_INGEST,
     description=(
         "Every photo file (.jpg/.jpeg/.png) found under the images root: its path, size and raw bytes, "
         "one partition per fruit class."
@@ -137,11 +143,7 @@ def with_location(files: DataFrame, images_root: str) -> DataFrame:
 
 
 @dg.asset(
-    partitions_def=fruit_class_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    io_manager_key="lake_io_manager",
-    group_name="ingest",
-    kinds={"spark", "parquet"},
+    **PER_CLASS_INGEST,
     description=(
         "Each image's label (the class folder name), split (e.g. Test) and SHA-256 of its bytes; "
         "the bytes themselves stay in raw_images."
