@@ -28,9 +28,10 @@ sys.path.insert(0, str(PROJECT))
 
 from resources import SHARED_DIR, default_weights  # noqa: E402
 
-# Engine configurations: (engine, processes, threads per process). Two single-thread processes mirror two Spark
-# task slots with one engine thread each, the pipeline's own setting.
-ENGINE_CONFIGS = [("tensorflow", 1, 2), ("tensorflow", 2, 1), ("onnx", 1, 2), ("onnx", 2, 1)]
+# Engine configurations: engine:PROCESSESxTHREADSxBATCH. Two single-thread processes mirror two Spark task slots
+# with one engine thread each, the pipeline's own setting; batch 1 is ONNX Runtime's fastest (the pipeline's
+# default for it), 64 the Arrow batch (TensorFlow's).
+ENGINE_CONFIGS = "tensorflow:1x2x64,tensorflow:2x1x64,onnx:1x2x64,onnx:2x1x64,onnx:1x2x1,onnx:2x1x1"
 FAITHFUL_ENGINES = ("onnx", "tensorflow")  # both match TensorFlow to cosine >= 0.9999 (tests/test_engines.py)
 
 
@@ -71,10 +72,12 @@ def bench_engine(engine: str, processes: int, threads: int, weights: str, cache:
 
 
 class TreeRss:
-    """Peak resident memory of a process and all its descendants (driver, JVM, Python workers), sampled."""
+    """Peak memory of a process and all its descendants (driver, JVM, Python workers), sampled: the sum of their
+    RSS (counts pages that forked Python workers share with Spark's daemon once per process) and of their PSS
+    (each shared page split between its sharers: what the tree really occupies)."""
 
     def __init__(self, pid: int, interval: float = 0.2):
-        self.pid, self.interval, self.peak_kb = pid, interval, 0
+        self.pid, self.interval, self.peak_kb, self.peak_pss_kb = pid, interval, 0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -98,14 +101,25 @@ class TreeRss:
             pass
         return 0
 
+    def _pss_kb(self, pid: int) -> int:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+        except OSError:
+            pass
+        return 0
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            tree, total, todo = self._children(), 0, [self.pid]
+            tree, total, pss, todo = self._children(), 0, 0, [self.pid]
             while todo:
                 pid = todo.pop()
                 total += self._rss_kb(pid)
+                pss += self._pss_kb(pid)
                 todo += tree.get(pid, [])
             self.peak_kb = max(self.peak_kb, total)
+            self.peak_pss_kb = max(self.peak_pss_kb, pss)
             self._stop.wait(self.interval)
 
     def __enter__(self):
@@ -161,7 +175,8 @@ def run_graph(root: Path, work: Path, weights: str, cache: str, extra_env: dict)
             steps[stats.step_key] = stats.end_time - stats.start_time
     features = instance.get_latest_materialization_event(dg.AssetKey("mobilenet_features"))
     meta = {k: v.value for k, v in features.asset_materialization.metadata.items()}
-    return {"wall_s": wall, "steps": steps, "peak_rss_mb": rss.peak_kb / 1024, "features": meta}
+    return {"wall_s": wall, "steps": steps, "peak_rss_mb": rss.peak_kb / 1024, "peak_pss_mb": rss.peak_pss_kb / 1024,
+            "features": meta}
 
 
 def main() -> None:
@@ -170,8 +185,7 @@ def main() -> None:
     parser.add_argument("--weights", default=default_weights())
     parser.add_argument("--limit", type=int, help="number of images (default: all)")
     parser.add_argument("--engine-seconds", type=float, default=15.0)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--engines", default=",".join(f"{e}:{p}x{t}" for e, p, t in ENGINE_CONFIGS))
+    parser.add_argument("--engines", default=ENGINE_CONFIGS, help="engine:PROCESSESxTHREADSxBATCH,... (default %(default)s)")
     parser.add_argument("--scaling", help="comma-separated image counts for the whole-graph scaling mode")
     parser.add_argument("--keep", action="store_true", help="keep the temporary lake and logs")
     args = parser.parse_args()
@@ -184,8 +198,8 @@ def main() -> None:
 
     for spec in args.engines.split(","):
         engine, shape = spec.split(":")
-        processes, threads = (int(v) for v in shape.split("x"))
-        rate = bench_engine(engine, processes, threads, args.weights, cache, args.engine_seconds, args.batch)
+        processes, threads, batch = (int(v) for v in shape.split("x"))
+        rate = bench_engine(engine, processes, threads, args.weights, cache, args.engine_seconds, batch)
         report["engines"][spec] = round(rate, 1)
         print(f"engine {spec}: {rate:.1f} images/s", file=sys.stderr, flush=True)
     faithful = {k: v for k, v in report["engines"].items() if k.split(":")[0] in FAITHFUL_ENGINES}
@@ -206,6 +220,7 @@ def main() -> None:
             "wall_s": round(result["wall_s"], 1),
             "mobilenet_features_step_s": round(step, 1),
             "peak_rss_mb": round(result["peak_rss_mb"]),
+            "peak_pss_mb": round(result["peak_pss_mb"]),
             "steps_s": {k: round(v, 1) for k, v in sorted(result["steps"].items())},
             "settings": {
                 "engine": result["features"].get("engine"),
@@ -213,6 +228,7 @@ def main() -> None:
                 "spark_master": "local[*]",
                 "engine_threads_per_task": int(os.environ.get("FRUITS_ENGINE_THREADS", "1")),
                 "arrow_batch": int(os.environ.get("FRUITS_ARROW_BATCH", "64")),
+                "engine_batch": os.environ.get("FRUITS_ENGINE_BATCH") or "engine default (onnx 1, tensorflow = arrow batch)",
             },
         }
     )
@@ -237,6 +253,7 @@ def main() -> None:
                 "s_per_image_ms": round(1000 * per_image, 2),
                 "eur_per_million_images_m5_xlarge": round((m5["ec2"] + m5["emr"]) * node_hours / count * 1e6, 2),
                 "peak_rss_mb": round(run["peak_rss_mb"]),
+                "peak_pss_mb": round(run["peak_pss_mb"]),
             })
             print(f"scaling {count}: {run['wall_s']:.1f} s, {1000 * per_image:.2f} ms/image", file=sys.stderr, flush=True)
         report["scaling"] = scaling

@@ -407,7 +407,8 @@ _EMBEDDERS_LOCK = threading.Lock()
 
 def load_embedder(artifact: EngineArtifact, threads: int = 1) -> Callable[[np.ndarray], np.ndarray]:
     """Worker side: ``embed(batch)`` mapping float32 ``(N, 224, 224, 3)`` inputs already scaled like
-    ``mobilenet_v2.preprocess_input`` (``x / 127.5 - 1``) to float32 ``(N, 1280)``.
+    ``mobilenet_v2.preprocess_input`` (``x / 127.5 - 1``) to float32 ``(N, 1280)``. ``embed.batch_size`` is the
+    number of images per call the engine runs fastest with (None: as many as given).
 
     Built once per Python process for each ``(engine, weights_sha256, threads)``, so a reused Spark Python
     worker pays the model load only once. TensorFlow's thread pools can only be sized before TensorFlow
@@ -459,6 +460,9 @@ def _onnx_embedder(artifact: EngineArtifact, threads: int) -> Callable[[np.ndarr
 
     embed.engine = "onnx"  # type: ignore[attr-defined]
     embed.session = sess  # type: ignore[attr-defined]
+    # One image per call: 2 workers x 1 thread ran 330 img/s at batch 1 vs 250 at batch 64 on the 2-core box
+    # (`make bench`), the activations of one image staying in the core's cache. Same outputs (tests/test_engines.py).
+    embed.batch_size = 1  # type: ignore[attr-defined]
     return embed
 
 
@@ -507,4 +511,5 @@ def _tensorflow_embedder(artifact: EngineArtifact, threads: int) -> Callable[[np
 
     embed.engine = "tensorflow"  # type: ignore[attr-defined]
     embed.model = model  # type: ignore[attr-defined]
+    embed.batch_size = None  # type: ignore[attr-defined]  # the whole Arrow batch: TF's per-call overhead is large
     return embed

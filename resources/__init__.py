@@ -91,6 +91,7 @@ def settings_resources() -> dict:
             cache_dir=env("FRUITS_CACHE_DIR", str(Path.home() / ".cache" / "fruit_assets")),
             threads_per_task=int(env("FRUITS_ENGINE_THREADS", "1")),
             arrow_batch_size=int(env("FRUITS_ARROW_BATCH", "64")),
+            engine_batch_size=int(env("FRUITS_ENGINE_BATCH")) if env("FRUITS_ENGINE_BATCH") else None,
         ),
         "pca": PcaSettings(k=int(env("FRUITS_PCA_K", "50"))),
         "lake_settings": LakeSettings(root=lake_root),

@@ -481,6 +481,8 @@ def step_environment(settings: dict, launcher: dict[str, str]) -> dict[str, str]
         "FRUITS_ARROW_BATCH": str(mobilenet.arrow_batch_size),
         "FRUITS_PCA_K": str(settings["pca"].k),
     }
+    if mobilenet.engine_batch_size:
+        step_env["FRUITS_ENGINE_BATCH"] = str(mobilenet.engine_batch_size)
     if mobilenet.weights:
         step_env["FRUITS_MOBILENET_WEIGHTS"] = mobilenet.weights
     if _env("FRUITS_CACHE_DIR"):  # the default (~/.cache/fruit_assets) is resolved on the cluster, not here

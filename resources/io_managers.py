@@ -16,6 +16,7 @@ from resources.settings import LakeSettings
 
 FORMAT_KEY = "lake/format"  # "parquet" (default) or "spark_ml"
 CSV_EXPORT_KEY = "lake/csv_export"  # also write <asset>_csv/ with array columns flattened
+ROW_GROUP_KEY = "lake/row_group_bytes"  # Parquet row-group size of a class-partitioned dataset
 
 
 class SparkLakeIOManager(dg.ConfigurableIOManager):
@@ -32,7 +33,8 @@ class SparkLakeIOManager(dg.ConfigurableIOManager):
             lake.replace(path, spark, lambda tmp: obj.write().save(tmp))
         elif isinstance(obj, DataFrame):
             if context.has_asset_partitions:
-                lake.write_classes(obj, path, [class_name(k) for k in context.asset_partition_keys])
+                classes = [class_name(k) for k in context.asset_partition_keys]
+                lake.write_classes(obj, path, classes, context.definition_metadata.get(ROW_GROUP_KEY))
             else:
                 lake.write_table(obj, path)
             if context.definition_metadata.get(CSV_EXPORT_KEY):

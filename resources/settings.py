@@ -47,6 +47,7 @@ class MobileNetSettings(dg.ConfigurableResource):
     cache_dir: str = "~/.cache/fruit_assets"  # converted models, keyed by the weights' sha256
     threads_per_task: int = 1  # engine threads per Spark task: Spark's task slots already use every core
     arrow_batch_size: int = 64  # images per Arrow batch handed to the pandas UDF
+    engine_batch_size: int | None = None  # images per engine call; None = the engine's fastest (ONNX 1, TF all)
 
     @field_validator("weights")
     @classmethod
@@ -63,11 +64,13 @@ class MobileNetSettings(dg.ConfigurableResource):
     def _cache_dir(cls, value: str) -> str:
         return check_cache_dir(value)
 
-    @field_validator("threads_per_task", "arrow_batch_size")
+    @field_validator("threads_per_task", "arrow_batch_size", "engine_batch_size")
     @classmethod
-    def _positive(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError(f"must be at least 1, not {value} (FRUITS_ENGINE_THREADS / FRUITS_ARROW_BATCH)")
+    def _positive(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError(
+                f"must be at least 1, not {value} (FRUITS_ENGINE_THREADS / FRUITS_ARROW_BATCH / FRUITS_ENGINE_BATCH)"
+            )
         return value
 
 

@@ -129,6 +129,42 @@ def test_embedder_batches(onnx_artifact, images):
         embed(images[:, :100])
 
 
+@pytest.mark.parametrize("engine_batch", [1, 3, None])
+def test_udf_engine_batches_keep_each_vector_with_its_image(spark, onnx_artifact, engine_batch):
+    """Decoded images go to the engine a few at a time, skipping undecodable ones: every row must still get its own
+    image's vector (same as embedding it alone) or its own reason, whatever the engine batch and Arrow batch sizes."""
+    from pyspark.sql import functions as F
+
+    from fruit_assets.embedding import embed_column
+    from fruit_assets.images import decode
+
+    good = [p.read_bytes() for p in sorted(IMAGES.glob("*/*.jpg"))[:: 97][:7]]
+    bad = {1: b"", 4: b"not an image", 8: good[0][: len(good[0]) // 3]}
+    contents, it = [], iter(good)
+    for row in range(len(good) + len(bad)):
+        contents.append(bad[row] if row in bad else next(it))
+    df = spark.createDataFrame([(i, bytearray(c)) for i, c in enumerate(contents)], "row int, content binary")
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "4")
+    try:
+        out = (
+            df.coalesce(1)
+            .select("row", embed_column(F.col("content"), spark.sparkContext.broadcast(onnx_artifact), 1, 10**8, engine_batch).alias("o"))
+            .orderBy("row")
+            .collect()
+        )
+    finally:
+        spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
+    embed = load_embedder(onnx_artifact, threads=1)
+    assert [r["row"] for r in out] == list(range(len(contents)))
+    for r in out:
+        if r["row"] in bad:
+            assert r["o"]["features"] is None and r["o"]["error"], r
+        else:
+            assert r["o"]["error"] is None
+            alone = embed(decode(contents[r["row"]])[None])[0]
+            np.testing.assert_allclose(np.array(r["o"]["features"], dtype=np.float32), alone, rtol=0, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------- caching
 
 

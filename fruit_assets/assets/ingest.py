@@ -15,6 +15,7 @@ from fruit_assets.layout import EXPECTED_LAYOUT, LayoutError, discover, glob_esc
 from fruit_assets.metadata import count_table
 from fruit_assets.partitions import class_name, fruit_class_partitions
 from resources import StepLauncherParam
+from resources.io_managers import ROW_GROUP_KEY
 from resources.settings import ImageSource
 
 IMAGE_PATH_REGEX = r"(?i)\.(" + "|".join(e.lstrip(".") for e in IMAGE_EXTENSIONS) + r")$"
@@ -41,6 +42,9 @@ PER_CLASS_INGEST = dict(
 
 @dg.asset(
     **PER_CLASS_INGEST,
+    # ~1 MB row groups: mobilenet_features scans the bytes in tasks of about a thousand images without a shuffle,
+    # which Spark can split only between row groups (Parquet's default is 128 MB, i.e. a class per task).
+    metadata={ROW_GROUP_KEY: 1 << 20},
     description=(
         "Every photo file (.jpg/.jpeg/.png) found under the images root: its path, size and raw bytes, "
         "one partition per fruit class."
