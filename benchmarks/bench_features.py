@@ -92,19 +92,12 @@ class TreeRss:
                 tree.setdefault(ppid, []).append(int(entry))
         return tree
 
-    def _rss_kb(self, pid: int) -> int:
+    @staticmethod
+    def _kb(pid: int, proc_file: str, field: str) -> int:
+        """A 'Field:  N kB' line of /proc/<pid>/<proc_file> (0 once the process is gone)."""
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        except OSError:
-            pass
-        return 0
-
-    def _pss_kb(self, pid: int) -> int:
-        try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
+            for line in Path(f"/proc/{pid}/{proc_file}").read_text().splitlines():
+                if line.startswith(field):
                     return int(line.split()[1])
         except OSError:
             pass
@@ -115,8 +108,8 @@ class TreeRss:
             tree, total, pss, todo = self._children(), 0, 0, [self.pid]
             while todo:
                 pid = todo.pop()
-                total += self._rss_kb(pid)
-                pss += self._pss_kb(pid)
+                total += self._kb(pid, "status", "VmRSS:")
+                pss += self._kb(pid, "smaps_rollup", "Pss:")
                 todo += tree.get(pid, [])
             self.peak_kb = max(self.peak_kb, total)
             self.peak_pss_kb = max(self.peak_pss_kb, pss)
