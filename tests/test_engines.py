@@ -129,10 +129,14 @@ def test_embedder_batches(onnx_artifact, images):
         embed(images[:, :100])
 
 
-@pytest.mark.parametrize("engine_batch", [1, 3, None])
-def test_udf_engine_batches_keep_each_vector_with_its_image(spark, onnx_artifact, engine_batch):
+@pytest.mark.parametrize(
+    "engine, engine_batch", [("onnx", 1), ("onnx", 3), ("onnx", None), ("onnx", 64), ("tf", None)]
+)
+def test_udf_engine_batches_keep_each_vector_with_its_image(spark, request, engine, engine_batch):
     """Decoded images go to the engine a few at a time, skipping undecodable ones: every row must still get its own
-    image's vector (same as embedding it alone) or its own reason, whatever the engine batch and Arrow batch sizes."""
+    image's vector (same as embedding it alone) or its own reason, whatever the engine batch and Arrow batch sizes.
+    None is the engine's own choice: one image for ONNX Runtime, the whole Arrow batch for TensorFlow ("tf")."""
+    artifact = request.getfixturevalue(f"{engine}_artifact")
     from pyspark.sql import functions as F
 
     from fruit_assets.embedding import embed_column
@@ -148,13 +152,13 @@ def test_udf_engine_batches_keep_each_vector_with_its_image(spark, onnx_artifact
     try:
         out = (
             df.coalesce(1)
-            .select("row", embed_column(F.col("content"), spark.sparkContext.broadcast(onnx_artifact), 1, 10**8, engine_batch).alias("o"))
+            .select("row", embed_column(F.col("content"), spark.sparkContext.broadcast(artifact), 1, 10**8, engine_batch).alias("o"))
             .orderBy("row")
             .collect()
         )
     finally:
         spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
-    embed = load_embedder(onnx_artifact, threads=1)
+    embed = load_embedder(artifact, threads=1)
     assert [r["row"] for r in out] == list(range(len(contents)))
     for r in out:
         if r["row"] in bad:
