@@ -177,8 +177,6 @@ def preflight(settings: dict, classes: list[str] | None = None, limit_per_class:
     check_k(pca.k)
     if limit_per_class is not None and limit_per_class < 1:
         raise ConfigError(f"--limit-per-class must be at least 1, not {limit_per_class}.")
-    if images.max_image_pixels < 1:
-        raise ConfigError(f"FRUITS_MAX_IMAGE_PIXELS must be positive, not {images.max_image_pixels}.")
 
     found = discover(images.root)
     selected = select_classes(found, classes)

@@ -6,14 +6,33 @@ Spark job. Errors never echo the value itself (a URI could carry a secret).
 """
 
 
+from typing import Annotated, Optional
+
 import dagster as dg
-from pydantic import ConfigDict, field_validator
+from pydantic import AfterValidator, ConfigDict, ValidationInfo, field_validator
 
 from fruit_assets.images import DEFAULT_MAX_IMAGE_PIXELS
 from fruit_assets.lake import validate_root
 from fruit_assets.preflight import check_cache_dir, check_engine, check_images_root, check_k, check_weights_location
 
 _HIDE_INPUT = ConfigDict(hide_input_in_errors=True)
+
+# The FRUITS_* variable behind each count setting (read in resources/__init__.py), so an error names the one to fix.
+_COUNT_VARIABLES = {
+    "max_image_pixels": "FRUITS_MAX_IMAGE_PIXELS",
+    "threads_per_task": "FRUITS_ENGINE_THREADS",
+    "arrow_batch_size": "FRUITS_ARROW_BATCH",
+    "engine_batch_size": "FRUITS_ENGINE_BATCH",
+}
+
+
+def _at_least_one(value: int, info: ValidationInfo) -> int:
+    if value < 1:
+        raise ValueError(f"{_COUNT_VARIABLES[info.field_name]} must be at least 1, not {value}")
+    return value
+
+
+Count = Annotated[int, AfterValidator(_at_least_one)]
 
 
 class ImageSource(dg.ConfigurableResource):
@@ -22,19 +41,12 @@ class ImageSource(dg.ConfigurableResource):
     model_config = _HIDE_INPUT
 
     root: str
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_image_pixels: Count = DEFAULT_MAX_IMAGE_PIXELS
 
     @field_validator("root")
     @classmethod
     def _root(cls, value: str) -> str:
         return check_images_root(value)
-
-    @field_validator("max_image_pixels")
-    @classmethod
-    def _max_pixels(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError(f"FRUITS_MAX_IMAGE_PIXELS must be positive, not {value}")
-        return value
 
 
 class MobileNetSettings(dg.ConfigurableResource):
@@ -45,9 +57,9 @@ class MobileNetSettings(dg.ConfigurableResource):
     weights: str | None = None  # local path or s3:// URI; None = Keras's own ImageNet download (needs internet)
     engine: str = "onnx"  # "onnx" (ONNX Runtime, converted from the Keras model) or "tensorflow"
     cache_dir: str = "~/.cache/fruit_assets"  # converted models, keyed by the weights' sha256
-    threads_per_task: int = 1  # engine threads per Spark task: Spark's task slots already use every core
-    arrow_batch_size: int = 64  # images per Arrow batch handed to the pandas UDF
-    engine_batch_size: int | None = None  # images per engine call; None = the engine's fastest (ONNX 1, TF all)
+    threads_per_task: Count = 1  # engine threads per Spark task: Spark's task slots already use every core
+    arrow_batch_size: Count = 64  # images per Arrow batch handed to the pandas UDF
+    engine_batch_size: Optional[Count] = None  # images per engine call; None = the engine's fastest (ONNX 1, TF all)
 
     @field_validator("weights")
     @classmethod
@@ -63,15 +75,6 @@ class MobileNetSettings(dg.ConfigurableResource):
     @classmethod
     def _cache_dir(cls, value: str) -> str:
         return check_cache_dir(value)
-
-    @field_validator("threads_per_task", "arrow_batch_size", "engine_batch_size")
-    @classmethod
-    def _positive(cls, value: int | None) -> int | None:
-        if value is not None and value < 1:
-            raise ValueError(
-                f"must be at least 1, not {value} (FRUITS_ENGINE_THREADS / FRUITS_ARROW_BATCH / FRUITS_ENGINE_BATCH)"
-            )
-        return value
 
 
 class PcaSettings(dg.ConfigurableResource):

@@ -226,6 +226,15 @@ def test_uris_from_configuration_are_validated(capsys, env, flag, value, message
     assert SECRET not in err and "AKIAIOSFODNN7EXAMPLE" not in err  # a refused URI's secret is never echoed
 
 
+@pytest.mark.parametrize(
+    "variable", ["FRUITS_MAX_IMAGE_PIXELS", "FRUITS_ENGINE_THREADS", "FRUITS_ARROW_BATCH", "FRUITS_ENGINE_BATCH"]
+)
+def test_count_settings_below_one_are_refused_naming_their_variable(capsys, env, variable):
+    os.environ[variable] = "0"
+    err = run_cli(capsys, env, "--pca-k", "2")
+    assert f"{variable} must be at least 1, not 0" in err
+
+
 def test_settings_resources_validate_paths_for_runs_started_outside_the_cli():
     """The UI and sensors build the same resources: a bad path fails there too, naming the setting, not the value."""
     from resources.settings import ImageSource, LakeSettings, MobileNetSettings, PcaSettings

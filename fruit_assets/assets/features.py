@@ -2,9 +2,9 @@
 
 
 import math
-from contextlib import contextmanager
 import platform
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
