@@ -397,34 +397,36 @@ def _failures(result) -> dict[str, str]:
     }
 
 
+def _raw_images_fails(materialized) -> tuple[str, object]:
+    """Runs embed_classes, which must fail at raw_images and nowhere else, in one EMR step: returns the error Dagster
+    reports for raw_images and the stand-in's record of that step."""
+    before = len(materialized["standin"].records)
+    result = _embed_run(materialized["instance"])
+    assert not result.success
+    failures = _failures(result)
+    assert list(failures) == ["raw_images"], failures
+    [record] = materialized["standin"].records[before:]
+    return failures["raw_images"], record
+
+
 def test_python_error_in_the_step_surfaces_with_its_message(materialized, monkeypatch, tmp_path):
     # The images root exists for the run's author but not where the step runs: raw_images fails inside the step.
     missing = tmp_path / "gone"
     monkeypatch.setenv("FRUITS_IMAGES_ROOT", str(missing))
-    before = len(materialized["standin"].records)
     started = time.monotonic()
-    result = _embed_run(materialized["instance"])
+    message, record = _raw_images_fails(materialized)
     assert time.monotonic() - started < 240
-    assert not result.success
-    failures = _failures(result)
-    assert list(failures) == ["raw_images"], failures
-    assert "LayoutError" in failures["raw_images"] and str(missing) in failures["raw_images"]
-    [record] = materialized["standin"].records[before:]
+    assert "LayoutError" in message and str(missing) in message
     # A Python exception does not fail the EMR step (spark-submit exits 0); the error travels in the step's events.
     assert record.state == "COMPLETED"
 
 
 def test_emr_failing_the_step_raises_with_emrs_reason(materialized):
     materialized["standin"].fail_next_step("Lost node i-0abc123 (spot capacity reclaimed)")
-    before = len(materialized["standin"].records)
-    result = _embed_run(materialized["instance"])
-    assert not result.success
-    failures = _failures(result)
-    assert list(failures) == ["raw_images"], failures
-    [record] = materialized["standin"].records[before:]
+    message, record = _raw_images_fails(materialized)
     assert record.state == "FAILED"
-    assert f"EMR step {record.step_id} failed" in failures["raw_images"]
-    assert "Lost node i-0abc123 (spot capacity reclaimed)" in failures["raw_images"]
+    assert f"EMR step {record.step_id} failed" in message
+    assert "Lost node i-0abc123 (spot capacity reclaimed)" in message
 
 
 def test_step_that_cannot_start_surfaces_its_traceback(materialized):
@@ -432,14 +434,8 @@ def test_step_that_cannot_start_surfaces_its_traceback(materialized):
     # outside Dagster's step execution, so no STEP_FAILURE event carries it; spark-submit fails and EMR only says
     # "Unknown Error.". emr_step_main.py leaves the traceback in S3 and the launcher puts it in the run's error.
     materialized["standin"].replace_next_step_run_ref(b"cdagster._core.definitions.step_launcher_v0\nStepRunRef\n.")
-    before = len(materialized["standin"].records)
-    result = _embed_run(materialized["instance"])
-    assert not result.success
-    failures = _failures(result)
-    assert list(failures) == ["raw_images"], failures
-    [record] = materialized["standin"].records[before:]
+    message, record = _raw_images_fails(materialized)
     assert record.state == "FAILED" and record.returncode not in (0, None)
-    message = failures["raw_images"]
     assert f"EMR step {record.step_id} failed: Unknown Error." in message
     assert "The step's own error" in message
     assert "No module named 'dagster._core.definitions.step_launcher_v0'" in message

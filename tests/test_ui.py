@@ -416,11 +416,9 @@ def test_partitions_page_shows_each_class_materialized(ui, browser, shots):
     text = browser.wait_for_text("images_per_class", "bytes_listed", "ignored_files")
     browser.settle()
     browser.screenshot(shots / "04_raw_images_overview.png")
-    browser.goto(f"{ui['base']}/assets/mobilenet_features?view=checks")  # two blocking checks on a partitioned asset
-    browser.wait_for_text(*CHECKS["mobilenet_features"], "blocking")
-    browser.wait_for("/Passed|Succeeded/.test(document.body.innerText)", "a passed check")
-    browser.settle()
-    browser.screenshot(shots / "04b_mobilenet_features_checks.png")
+    # two blocking checks on a partitioned asset
+    show_passed_checks(browser, ui, "mobilenet_features", [*CHECKS["mobilenet_features"], "blocking"],
+                       shots / "04b_mobilenet_features_checks.png")
 
 
 OPEN_MARKDOWN = """(() => {
@@ -437,6 +435,15 @@ PLOT_IMAGE = """(() => {
     .find(i => (i.getAttribute('src') || '').startsWith('data:image/png;base64,') && i.alt === %s);
   return img && img.complete && img.naturalWidth > 100 ? [img.naturalWidth, img.naturalHeight, img.alt] : null;
 })()"""
+
+
+def show_passed_checks(browser, ui, asset: str, texts: list[str], shot) -> None:
+    """The asset's checks tab shows `texts` and a passed check; screenshot saved as `shot`."""
+    browser.goto(f"{ui['base']}/assets/{asset}?view=checks")
+    browser.wait_for_text(*texts)
+    browser.wait_for("/Passed|Succeeded/.test(document.body.innerText)", "a passed check")
+    browser.settle()
+    browser.screenshot(shot)
 
 
 def open_plot(browser: Browser, label: str, alt: str) -> list:
@@ -461,11 +468,7 @@ def test_pca_model_page_shows_variance_metadata_plot_and_check(ui, browser, shot
     browser.settle()
     browser.screenshot(shots / "06_pca_model_variance_plot.png")
 
-    browser.goto(f"{ui['base']}/assets/pca_model?view=checks")
-    browser.wait_for_text("explained_variance_is_valid")
-    browser.wait_for("/Passed|Succeeded/.test(document.body.innerText)", "a passed check")
-    browser.settle()
-    browser.screenshot(shots / "07_pca_model_checks.png")
+    show_passed_checks(browser, ui, "pca_model", ["explained_variance_is_valid"], shots / "07_pca_model_checks.png")
 
 
 def test_pca_features_page_shows_projection_plot_and_knn_check(ui, browser, shots):
@@ -476,11 +479,7 @@ def test_pca_features_page_shows_projection_plot_and_knn_check(ui, browser, shot
     browser.settle()
     browser.screenshot(shots / "08_pca_features_projection_plot.png")
 
-    browser.goto(f"{ui['base']}/assets/pca_features?view=checks")
-    browser.wait_for_text("pca_features_separate_classes")
-    browser.wait_for("/Passed|Succeeded/.test(document.body.innerText)", "a passed check")
-    browser.settle()
-    browser.screenshot(shots / "09_pca_features_checks.png")
+    show_passed_checks(browser, ui, "pca_features", ["pca_features_separate_classes"], shots / "09_pca_features_checks.png")
 
 
 # --- The README's account of the lake, against this real one -------------------------------------------------------
