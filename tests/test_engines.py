@@ -130,12 +130,12 @@ def test_embedder_batches(onnx_artifact, images):
 
 
 @pytest.mark.parametrize(
-    "engine, engine_batch", [("onnx", 1), ("onnx", 3), ("onnx", None), ("onnx", 64), ("tf", None)]
+    "engine, engine_batch", [("onnx", 1), ("onnx", 3), ("onnx", None), ("onnx", 64), ("tf", 3), ("tf", None)]
 )
 def test_udf_engine_batches_keep_each_vector_with_its_image(spark, request, engine, engine_batch):
     """Decoded images go to the engine a few at a time, skipping undecodable ones: every row must still get its own
     image's vector (same as embedding it alone) or its own reason, whatever the engine batch and Arrow batch sizes.
-    None is the engine's own choice: one image for ONNX Runtime, the whole Arrow batch for TensorFlow ("tf")."""
+    None is the engine's own choice: one image for ONNX Runtime, 16 for TensorFlow ("tf")."""
     artifact = request.getfixturevalue(f"{engine}_artifact")
     from pyspark.sql import functions as F
 
