@@ -16,6 +16,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -245,6 +246,14 @@ def main() -> None:
             })
             print(f"scaling {count}: {run['wall_s']:.1f} s, {1000 * per_image:.2f} ms/image", file=sys.stderr, flush=True)
         report["scaling"] = scaling
+        sizes = [row["images"] for row in scaling]
+        if len(set(sizes)) >= 2:  # wall = fixed + marginal x images (least squares): how cost grows with work
+            marginal, fixed = statistics.linear_regression(sizes, [row["wall_s"] for row in scaling])
+            report["scaling_fit"] = {"fixed_s": round(fixed, 1), "marginal_ms_per_image": round(1000 * marginal, 2)}
+            for before, row in zip(scaling, scaling[1:]):
+                added = row["images"] - before["images"]
+                if added > 0:
+                    row["marginal_ms_per_image"] = round(1000 * (row["wall_s"] - before["wall_s"]) / added, 2)
 
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
