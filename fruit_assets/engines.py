@@ -511,7 +511,7 @@ def _tensorflow_embedder(artifact: EngineArtifact, threads: int) -> Callable[[np
 
     embed.engine = "tensorflow"  # type: ignore[attr-defined]
     embed.model = model  # type: ignore[attr-defined]
-    # 16 images per call: 2 workers x 1 thread ran 128 img/s at 16 vs 109-114 at 64 (`make bench`); fewer than 8
-    # pay TF's per-call overhead.
-    embed.batch_size = 16  # type: ignore[attr-defined]
+    # 4 images per call: 2 workers x 1 thread ran 144 img/s at 4, 130 at 1, 139 at 8, 129-135 at 16 and 106 at 64
+    # (`make bench`): small batches keep activations in cache, single images pay TF's per-call overhead.
+    embed.batch_size = 4  # type: ignore[attr-defined]
     return embed

@@ -135,7 +135,7 @@ def test_embedder_batches(onnx_artifact, images):
 def test_udf_engine_batches_keep_each_vector_with_its_image(spark, request, engine, engine_batch):
     """Decoded images go to the engine a few at a time, skipping undecodable ones: every row must still get its own
     image's vector (same as embedding it alone) or its own reason, whatever the engine batch and Arrow batch sizes.
-    None is the engine's own choice: one image for ONNX Runtime, 16 for TensorFlow ("tf")."""
+    None is the engine's own choice: one image for ONNX Runtime, 4 for TensorFlow ("tf")."""
     artifact = request.getfixturevalue(f"{engine}_artifact")
     from pyspark.sql import functions as F
 
