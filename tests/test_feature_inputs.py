@@ -15,7 +15,7 @@ from fruit_assets import lake
 from fruit_assets.assets.features import MISSING_BYTES, split_scans
 from fruit_assets.cli import main
 from fruit_assets.partitions import partition_key
-from tests.conftest import copy_images
+from tests.conftest import TEST_SPLIT, copy_images
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +41,20 @@ def test_small_row_groups_let_one_large_class_be_read_by_several_tasks(spark, tm
     assert sum(rows_per_task) == rows
     assert sum(1 for n in rows_per_task if n) >= 3, rows_per_task  # not one task holding the whole class
     assert spark.conf.get("spark.sql.files.maxPartitionBytes", None) != str(total // 4)  # restored afterwards
+
+
+def test_many_small_classes_are_scanned_in_about_the_wanted_number_of_tasks(fruits_env, tmp_path, spark):
+    """raw_images holds one small file per class; Spark charges each file an open cost when it packs a scan, so
+    the split size must include it, or every class becomes a task of its own (~0.2 s of hand-over each)."""
+    wanted = 2 * spark.sparkContext.defaultParallelism  # what mobilenet_features asks for below 1,024 images a task
+    classes = sorted(p.name for p in TEST_SPLIT.iterdir())[: max(12, 3 * wanted)]
+    images = copy_images(tmp_path / "images", classes=classes, per_class=3)
+    assert main(["run", "--images", str(images), "--lake", str(fruits_env["lake"]), "--pca-k", "2"]) == 0
+
+    event = dg.DagsterInstance.get().get_latest_materialization_event(dg.AssetKey("mobilenet_features"))
+    meta = event.asset_materialization.metadata
+    assert meta["images_embedded"].value == 3 * len(classes)
+    assert meta["spark_tasks"].value <= wanted + 1, (meta["spark_tasks"].value, wanted, len(classes))
 
 
 def test_vectors_are_stored_without_a_dictionary_and_strings_with_one(spark, tmp_path):
