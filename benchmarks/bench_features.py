@@ -27,6 +27,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
+from fruit_assets.engines import FASTEST_BATCH  # noqa: E402
 from resources import SHARED_DIR, default_weights  # noqa: E402
 
 # Engine configurations: engine:PROCESSESxTHREADSxBATCH. Two single-thread processes mirror two Spark task slots
@@ -224,7 +225,7 @@ def main() -> None:
                 "spark_master": "local[*]",
                 "engine_threads_per_task": int(os.environ.get("FRUITS_ENGINE_THREADS", "1")),
                 "arrow_batch": int(os.environ.get("FRUITS_ARROW_BATCH", "64")),
-                "engine_batch": os.environ.get("FRUITS_ENGINE_BATCH") or "engine default (onnx 1, tensorflow 4)",
+                "engine_batch": int(os.environ.get("FRUITS_ENGINE_BATCH") or FASTEST_BATCH[result["features"]["engine"]]),
             },
         }
     )

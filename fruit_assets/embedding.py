@@ -28,7 +28,7 @@ def embed_column(
 ) -> Column:
     """A struct column (features, error) computed from the image bytes in `content`.
 
-    `engine_batch`: images per engine call; None = the engine's own preference (`load_embedder(...).batch_size`).
+    `engine_batch`: images per engine call; None = the engine's fastest (`engines.FASTEST_BATCH`).
     """
 
     @F.pandas_udf(EMBEDDED_SCHEMA)
@@ -39,7 +39,7 @@ def embed_column(
         per_call = engine_batch or run.batch_size
         buffer = np.empty((0, *INPUT_SIZE, 3), dtype=np.float32)
         for images in batches:
-            size = min(per_call or len(images), len(images))
+            size = min(per_call, len(images))
             if len(buffer) < size:
                 buffer = np.empty((size, *INPUT_SIZE, 3), dtype=np.float32)
             features, errors, pending = [None] * len(images), [None] * len(images), []

@@ -36,6 +36,7 @@ import numpy as np
 
 __all__ = [
     "ENGINES",
+    "FASTEST_BATCH",
     "EMBEDDING_DIM",
     "INPUT_SIZE",
     "ONNX_OPSET",
@@ -53,6 +54,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ENGINES = ("onnx", "tensorflow")
+#: Images per engine call each engine runs fastest with (``embed.batch_size``), measured with `make bench`, 2 workers
+#: x 1 thread: ONNX Runtime 330 img/s at 1 vs 250 at 64, one image's activations staying in the core's cache;
+#: TensorFlow 144 at 4, 130 at 1, 139 at 8, 129-135 at 16, 106 at 64, single images paying its per-call overhead.
+#: Outputs do not depend on it (tests/test_engines.py).
+FASTEST_BATCH = {"onnx": 1, "tensorflow": 4}
 EMBEDDING_DIM = 1280
 INPUT_SIZE = (224, 224)
 ONNX_OPSET = 17
@@ -408,7 +414,7 @@ _EMBEDDERS_LOCK = threading.Lock()
 def load_embedder(artifact: EngineArtifact, threads: int = 1) -> Callable[[np.ndarray], np.ndarray]:
     """Worker side: ``embed(batch)`` mapping float32 ``(N, 224, 224, 3)`` inputs already scaled like
     ``mobilenet_v2.preprocess_input`` (``x / 127.5 - 1``) to float32 ``(N, 1280)``. ``embed.batch_size`` is the
-    number of images per call the engine runs fastest with (None: as many as given).
+    number of images per call the engine runs fastest with (:data:`FASTEST_BATCH`).
 
     Built once per Python process for each ``(engine, weights_sha256, threads)``, so a reused Spark Python
     worker pays the model load only once. TensorFlow's thread pools can only be sized before TensorFlow
@@ -460,9 +466,7 @@ def _onnx_embedder(artifact: EngineArtifact, threads: int) -> Callable[[np.ndarr
 
     embed.engine = "onnx"  # type: ignore[attr-defined]
     embed.session = sess  # type: ignore[attr-defined]
-    # One image per call: 2 workers x 1 thread ran 330 img/s at batch 1 vs 250 at batch 64 on the 2-core box
-    # (`make bench`), the activations of one image staying in the core's cache. Same outputs (tests/test_engines.py).
-    embed.batch_size = 1  # type: ignore[attr-defined]
+    embed.batch_size = FASTEST_BATCH["onnx"]  # type: ignore[attr-defined]
     return embed
 
 
@@ -511,7 +515,5 @@ def _tensorflow_embedder(artifact: EngineArtifact, threads: int) -> Callable[[np
 
     embed.engine = "tensorflow"  # type: ignore[attr-defined]
     embed.model = model  # type: ignore[attr-defined]
-    # 4 images per call: 2 workers x 1 thread ran 144 img/s at 4, 130 at 1, 139 at 8, 129-135 at 16 and 106 at 64
-    # (`make bench`): small batches keep activations in cache, single images pay TF's per-call overhead.
-    embed.batch_size = 4  # type: ignore[attr-defined]
+    embed.batch_size = FASTEST_BATCH["tensorflow"]  # type: ignore[attr-defined]
     return embed

@@ -59,7 +59,7 @@ class MobileNetSettings(dg.ConfigurableResource):
     cache_dir: str = "~/.cache/fruit_assets"  # converted models, keyed by the weights' sha256
     threads_per_task: Count = 1  # engine threads per Spark task: Spark's task slots already use every core
     arrow_batch_size: Count = 64  # images per Arrow batch handed to the pandas UDF
-    engine_batch_size: Optional[Count] = None  # images per engine call; None = the engine's fastest (ONNX 1, TF all)
+    engine_batch_size: Optional[Count] = None  # images per engine call; None = engines.FASTEST_BATCH
 
     @field_validator("weights")
     @classmethod
