@@ -56,16 +56,24 @@ def _engine_worker(artifact, threads: int, seconds: float, batch: int, out) -> N
     out.put(images / (time.monotonic() - started))
 
 
-def bench_engine(engine: str, processes: int, threads: int, weights: str, cache: str, seconds: float, batch: int) -> float:
+def prepare(engine: str, weights: str, cache: str):
+    """The driver's part (`prepare_artifact`), in a spawned process of its own: it initialises TensorFlow, which
+    must stay out of the timed processes and of this one."""
     import multiprocessing as mp
 
     from fruit_assets.engines import prepare_artifact
 
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(1) as pool:  # the driver's part, kept out of this process and of the timed ones
+    with mp.get_context("spawn").Pool(1) as pool:
         artifact = pool.apply(prepare_artifact, (engine, weights, cache))
     if artifact.engine != engine:
         raise SystemExit(f"engine {engine!r} is not available here (prepare_artifact fell back to {artifact.engine!r})")
+    return artifact
+
+
+def bench_engine(artifact, processes: int, threads: int, seconds: float, batch: int) -> float:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     workers = [
         ctx.Process(target=_engine_worker, args=(artifact, threads, seconds, batch, queue))
@@ -194,10 +202,13 @@ def main() -> None:
     cache = str(work / "engine-cache")
     report: dict = {"cores": os.cpu_count(), "engines": {}}
 
+    artifacts: dict = {}  # one per engine, shared by its configurations
     for spec in args.engines.split(","):
         engine, shape = spec.split(":")
         processes, threads, batch = (int(v) for v in shape.split("x"))
-        rate = bench_engine(engine, processes, threads, args.weights, cache, args.engine_seconds, batch)
+        if engine not in artifacts:
+            artifacts[engine] = prepare(engine, args.weights, cache)
+        rate = bench_engine(artifacts[engine], processes, threads, args.engine_seconds, batch)
         report["engines"][spec] = round(rate, 1)
         print(f"engine {spec}: {rate:.1f} images/s", file=sys.stderr, flush=True)
     faithful = {k: v for k, v in report["engines"].items() if k.split(":")[0] in FAITHFUL_ENGINES}
