@@ -24,6 +24,14 @@ def _files(path):
     return sorted(p for p in path.rglob("*.parquet") if not any(part.startswith((".", "_")) for part in p.parts))
 
 
+def _written_encodings(df, path) -> dict:
+    """The Parquet encodings of each column, after lake.write_classes wrote `df` (one class) to `path`."""
+    lake.write_classes(df, str(path), ["Kiwi"])
+    (file,) = _files(path)
+    meta = pq.ParquetFile(file).metadata.row_group(0)
+    return {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
+
+
 def test_small_row_groups_let_one_large_class_be_read_by_several_tasks(spark, tmp_path):
     rows = 600  # Parquet closes a row group after 100 rows at least
     one_class = spark.createDataFrame(
@@ -62,20 +70,14 @@ def test_vectors_are_stored_without_a_dictionary_and_strings_with_one(spark, tmp
         [(f"p{i}", "Kiwi", [float(i) + j / 7 for j in range(64)], "Kiwi") for i in range(200)],
         "path string, label string, features array<float>, fruit_class string",
     )
-    lake.write_classes(df, str(tmp_path / "t"), ["Kiwi"])
-    (file,) = _files(tmp_path / "t")
-    meta = pq.ParquetFile(file).metadata.row_group(0)
-    encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
+    encodings = _written_encodings(df, tmp_path / "t")
     assert not any("DICTIONARY" in e for e in encodings["features.list.element"]), encodings
     assert any("DICTIONARY" in e for e in encodings["label"]), encodings
 
 
 def test_file_bytes_are_stored_without_a_dictionary(spark, tmp_path):
     df = spark.createDataFrame([(f"p{i}", bytearray(os.urandom(300)), "Kiwi") for i in range(50)], "path string, content binary, fruit_class string")
-    lake.write_classes(df, str(tmp_path / "t"), ["Kiwi"])
-    (file,) = _files(tmp_path / "t")
-    meta = pq.ParquetFile(file).metadata.row_group(0)
-    encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
+    encodings = _written_encodings(df, tmp_path / "t")
     assert not any("DICTIONARY" in e for e in encodings["content"]), encodings
 
 
