@@ -7,11 +7,24 @@ import io
 
 import dagster as dg
 
+from fruit_assets.partitions import class_name
+
 
 def count_table(counts: dict[str, int], key: str = "class", value: str = "images") -> dg.MetadataValue:
     schema = dg.TableSchema(columns=[dg.TableColumn(key, "string"), dg.TableColumn(value, "int")])
     records = [dg.TableRecord({key: k, value: int(v)}) for k, v in sorted(counts.items())]
     return dg.MetadataValue.table(records=records, schema=schema)
+
+
+def add_class_counts(context: dg.AssetExecutionContext, counts: dict[str, dict[str, int]], asset_key: str | None = None) -> None:
+    """Puts each class's own counts (`counts[name][class]`, 0 when absent) on its own partition's materialization.
+
+    Output metadata is copied into the event of every partition of the run, so a table of all classes there would
+    grow with classes squared (103 classes: 13 KB per event, 1.3 MB per asset and run)."""
+    for key in context.partition_keys:
+        label = class_name(key)
+        row = {name: int(per_class.get(label, 0)) for name, per_class in counts.items()}
+        context.add_asset_metadata(row, asset_key=asset_key, partition_key=key)
 
 
 def png_markdown(figure, alt: str) -> dg.MetadataValue:

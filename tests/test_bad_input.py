@@ -45,6 +45,7 @@ from tests.awkward_corpus import (
     build_awkward_corpus,
 )
 from tests.conftest import TEST_SPLIT, _require_shared
+from tests.materializations import latest, per_class
 
 pytestmark = pytest.mark.slow
 REAL_CLASSES = ["Banana", "Kiwi"]
@@ -150,11 +151,6 @@ class MemorySampler(threading.Thread):
 def read(lake, name):
     return ds.dataset(str(lake / name), format="parquet", partitioning="hive", ignore_prefixes=[".", "_"]).to_table().to_pandas()
 
-
-def latest(instance, asset):
-    event = instance.get_latest_materialization_event(dg.AssetKey(asset))
-    assert event is not None, f"{asset} was not materialized"
-    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
 @pytest.fixture(scope="module")
@@ -277,11 +273,17 @@ def test_counts_conserve_exactly(awkward_run):
     assert raw["files_found"] == len(features) + len(errors) + raw["ignored_files"]
     assert raw["images"] == len(features) + len(errors)
 
-    ignored_per_class = {r.data["class"]: r.data["files"] for r in raw["ignored_files_per_class"].records}
+    ignored_per_class = per_class(instance, "raw_images", "class_ignored_files")
     for label in {e.label for e in in_classes}:
         found = sum(e.label == label for e in in_classes)
         got = (features["label"] == label).sum() + (errors["label"] == label).sum() + ignored_per_class.get(label, 0)
         assert got == found, label
+    embedded = per_class(instance, "mobilenet_features", "class_images_embedded")
+    failed = per_class(instance, "image_errors", "class_errors")
+    assert sum(failed.values()) == len(errors) > 0
+    for label in {e.label for e in in_classes}:
+        assert embedded.get(label, 0) == (features["label"] == label).sum(), label
+        assert failed.get(label, 0) == (errors["label"] == label).sum(), label
 
 
 def test_bomb_is_refused_before_decoding_and_huge_image_is_embedded_in_bounded_memory(awkward_run):

@@ -37,6 +37,7 @@ from fruit_assets.cli import main
 from fruit_assets.engines import sha256_file
 from tests.aws_server import FAKE_ENV, moto_server
 from tests.conftest import copy_images
+from tests.materializations import latest, per_class
 from tests.emr_standin import LOCAL_SPARK_SUBMIT, EmrStandIn
 
 pytestmark = [
@@ -191,11 +192,6 @@ def materialized(emr):
     return {**emr, "code": code, "seconds": seconds, "instance": instance, "runs": runs, "records": records}
 
 
-def latest(instance, asset: str) -> dict:
-    event = instance.get_latest_materialization_event(dg.AssetKey(asset))
-    assert event is not None, f"{asset} was not materialized"
-    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
-
 
 def check_evaluation(instance, asset: str, check: str):
     key = dg.AssetCheckKey(dg.AssetKey(asset), check)
@@ -260,7 +256,7 @@ def test_same_metadata_and_check_results_as_local(materialized):
     n = len(CLASSES) * PER_CLASS
     raw = latest(instance, "raw_images")
     assert raw["images"] == n and raw["ignored_files"] == 0 and raw["bytes_listed"] > 0
-    assert {r.data["class"]: r.data["images"] for r in raw["images_per_class"].records} == {c: PER_CLASS for c in CLASSES}
+    assert per_class(instance, "raw_images", "class_images") == {c: PER_CLASS for c in CLASSES}
     features = latest(instance, "mobilenet_features")
     assert features["images_embedded"] == n and features["errors"] == 0 and features["embedding_dim"] == 1280
     assert features["weights_sha256"] == sha256_file(materialized["weights"])

@@ -11,6 +11,7 @@ import pytest
 from fruit_assets.cli import main
 from fruit_assets.engines import sha256_file
 from tests.conftest import CLASSES, IMAGES_PER_CLASS
+from tests.materializations import latest, partition_events, per_class
 
 pytestmark = pytest.mark.slow
 K = 5
@@ -35,11 +36,6 @@ def materialized(tmp_path_factory, small_images, weights, engine_cache):
     os.environ.clear()
     os.environ.update(saved)
 
-
-def latest(instance, asset):
-    event = instance.get_latest_materialization_event(dg.AssetKey(asset))
-    assert event is not None, f"{asset} was not materialized"
-    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
 def test_run_succeeds_and_registers_one_partition_per_class(materialized):
@@ -87,8 +83,16 @@ def test_metadata_shown_in_the_ui(materialized):
     instance = materialized["instance"]
     raw = latest(instance, "raw_images")
     assert raw["images"] == 40 and raw["ignored_files"] == 0 and raw["bytes_listed"] > 0
-    per_class = {r.data["class"]: r.data["images"] for r in raw["images_per_class"].records}
-    assert per_class == {c: IMAGES_PER_CLASS for c in CLASSES}
+    assert per_class(instance, "raw_images", "class_images") == {c: IMAGES_PER_CLASS for c in CLASSES}
+    assert per_class(instance, "labelled_images", "class_images") == {c: IMAGES_PER_CLASS for c in CLASSES}
+    assert per_class(instance, "mobilenet_features", "class_images_embedded") == {c: IMAGES_PER_CLASS for c in CLASSES}
+    assert per_class(instance, "image_errors", "class_errors") == {c: 0 for c in CLASSES}
+    # each partition's event holds its own class's counts and the run's totals, never a list of all classes: output
+    # metadata is copied into every partition's event, so such a list would grow with the number of classes squared
+    for asset in ("raw_images", "labelled_images", "mobilenet_features", "image_errors"):
+        for label, event in partition_events(instance, asset).items():
+            text = repr({k: v.value for k, v in event.metadata.items()})
+            assert [c for c in CLASSES if c != label and c in text] == [], (asset, label, text[:300])
 
     features = latest(instance, "mobilenet_features")
     assert features["images_embedded"] == 40 and features["errors"] == 0 and features["images_per_second"] > 0

@@ -412,8 +412,8 @@ def test_partitions_page_shows_each_class_materialized(ui, browser, shots):
     assert "Missing (0)" in text and "Failed (0)" in text
     browser.settle()
     browser.screenshot(shots / "03_mobilenet_features_partitions.png")
-    browser.goto(f"{ui['base']}/assets/raw_images")  # the latest materialization's metadata: counts per class
-    text = browser.wait_for_text("images_per_class", "bytes_listed", "ignored_files")
+    browser.goto(f"{ui['base']}/assets/raw_images")  # the latest materialization's metadata: its class's and the run's counts
+    text = browser.wait_for_text("class_images", "bytes_listed", "ignored_files")
     browser.settle()
     browser.screenshot(shots / "04_raw_images_overview.png")
     # two blocking checks on a partitioned asset

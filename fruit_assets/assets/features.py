@@ -18,7 +18,7 @@ from fruit_assets import lake
 from fruit_assets.embedding import embed_column
 from fruit_assets.images import INPUT_SIZE
 from fruit_assets.lake import PARTITION_COLUMN
-from fruit_assets.metadata import count_table
+from fruit_assets.metadata import add_class_counts
 from fruit_assets.partitions import fruit_class_partitions
 from resources import StepLauncherParam
 from resources.settings import ImageSource, LakeSettings, MobileNetSettings
@@ -134,15 +134,16 @@ def mobilenet_features_and_errors(
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(mobilenet.arrow_batch_size))
     broadcast = spark.sparkContext.broadcast(artifact)
 
-    totals = labelled_images.agg(
-        F.count("*").alias("images"), F.sum("length").alias("bytes"), F.countDistinct(PARTITION_COLUMN).alias("classes")
-    ).first()
-    count = totals["images"]
+    catalogued = (
+        labelled_images.groupBy(PARTITION_COLUMN).agg(F.count("*").alias("images"), F.sum("length").alias("bytes")).collect()
+    )
+    catalogued_per_class = {row[PARTITION_COLUMN]: row["images"] for row in catalogued}
+    count = sum(catalogued_per_class.values())
     tasks = max(2 * spark.sparkContext.defaultParallelism, math.ceil(count / IMAGES_PER_TASK))
     # Spark packs files into splits counting each file's bytes plus an open cost, and raw_images holds one file per
     # class (lake.write_classes): left out, 1,000 images of 103 classes made 16 tasks instead of 4.
     open_cost = spark._jsparkSession.sessionState().conf().filesOpenCostInBytes()
-    scan_bytes = (totals["bytes"] or 0) + open_cost * totals["classes"]
+    scan_bytes = sum(row["bytes"] or 0 for row in catalogued) + open_cost * len(catalogued_per_class)
     with split_scans(spark, max(1, math.ceil(scan_bytes / tasks))):
         images_in = raw_images.select("path", "content")
         scan_tasks = images_in.rdd.getNumPartitions()
@@ -170,12 +171,18 @@ def mobilenet_features_and_errors(
     if embedded_count < count:  # catalogued images whose bytes are gone from raw_images: errors, not silence
         missing = labelled_images.join(raw_images.select("path"), on="path", how="left_anti")
         errors = errors.unionByName(missing.select(*errors.columns[:4], F.lit(MISSING_BYTES).alias("reason"), PARTITION_COLUMN))
-    per_class = {}
-    error_count = count - embedded_count
-    for row in embedded.groupBy(PARTITION_COLUMN).agg(F.count("*").alias("n"), F.count("reason").alias("errors")).collect():
-        per_class[row[PARTITION_COLUMN]] = row["n"] - row["errors"]
-        error_count += row["errors"]
+    embedded_per_class = {
+        row[PARTITION_COLUMN]: row["n"] - row["errors"]
+        for row in embedded.groupBy(PARTITION_COLUMN).agg(F.count("*").alias("n"), F.count("reason").alias("errors")).collect()
+    }
+    # every catalogued image is embedded or an error: unreadable, or its bytes missing from raw_images
+    errors_per_class = {c: n - embedded_per_class.get(c, 0) for c, n in catalogued_per_class.items()}
+    error_count = sum(errors_per_class.values())
     error_rows = errors.select("path", "label", "reason").orderBy("path").limit(200).collect() if error_count else []
+    add_class_counts(
+        context, {"class_images_embedded": embedded_per_class, "class_errors": errors_per_class}, "mobilenet_features"
+    )
+    add_class_counts(context, {"class_errors": errors_per_class}, "image_errors")
 
     info = model_info(mobilenet, artifact)
     info_df = spark.createDataFrame([{**info, "versions": str(info["versions"])}])
@@ -186,9 +193,8 @@ def mobilenet_features_and_errors(
         output_name="mobilenet_features",
         metadata={
             "images_in": count,
-            "images_embedded": sum(per_class.values()),
+            "images_embedded": sum(embedded_per_class.values()),
             "errors": error_count,
-            "images_per_class": count_table(per_class),
             "embedding_dim": 1280,
             "engine": artifact.engine,
             "weights_sha256": artifact.weights_sha256,

@@ -12,7 +12,7 @@ from pyspark.sql.window import Window
 from fruit_assets.images import IMAGE_EXTENSIONS
 from fruit_assets.lake import PARTITION_COLUMN
 from fruit_assets.layout import EXPECTED_LAYOUT, LayoutError, discover, glob_escape, normalize_root, spark_path
-from fruit_assets.metadata import count_table
+from fruit_assets.metadata import add_class_counts, count_table
 from fruit_assets.partitions import class_name, fruit_class_partitions
 from resources import StepLauncherParam
 from resources.io_managers import ROW_GROUP_KEY
@@ -107,15 +107,14 @@ def raw_images(
     context.log.info(
         f"{sum(selected.values())} image files in {len(classes)} classes; {sum(ignored.values())} other files ignored"
     )
+    add_class_counts(context, {"class_images": selected, "class_ignored_files": ignored})
     return dg.Output(
         image_files,
         metadata={
             "images": sum(selected.values()),
             "classes": len(classes),
-            "images_per_class": count_table(selected),
             "files_found": sum(inventory[c].files for c in classes),  # = images + ignored (+ images over the limit)
             "ignored_files": sum(ignored.values()),
-            "ignored_files_per_class": count_table({c: n for c, n in ignored.items() if n}, value="files"),
             "ignored_examples": dg.MetadataValue.json(ignored_examples),
             "images_over_limit": sum(read.values()) - sum(selected.values()),
             "images_in_subfolders": in_subfolders,
@@ -160,11 +159,11 @@ def labelled_images(
     labelled = labelled.select("path", "label", "split", "sha256", "length", PARTITION_COLUMN)
     per_split = {r["split"] or "?": r["count"] for r in labelled.groupBy("split").count().collect()}
     per_class = {r[PARTITION_COLUMN]: r["count"] for r in labelled.groupBy(PARTITION_COLUMN).count().collect()}
+    add_class_counts(context, {"class_images": per_class})
     return dg.Output(
         labelled,
         metadata={
             "images": sum(per_class.values()),
-            "images_per_class": count_table(per_class),
             "images_per_split": count_table(per_split, key="split"),
         },
     )
