@@ -1,7 +1,8 @@
 """Feature extraction against the speed of the bare engine, in one run on the same cores.
 
 1. Bare engines: the same MobileNetV2 weights through TensorFlow and ONNX Runtime, fed already-decoded 224x224
-   batches, steady state after warm-up, one fresh process per configuration.
+   batches, steady state after warm-up, one fresh process per configuration. Then the fastest of them again, each
+   image first decoded from its file's bytes as the pipeline does: the ceiling of decode + inference without Spark.
 2. The real pipeline: `fruits run` on N images (Spark read -> decode -> resize -> preprocess -> inference -> Parquet);
    its `mobilenet_features` step is the pipeline figure, its whole run the graph figure.
 3. Optionally (--scaling 1000,5000,17845) the whole graph at several sizes: seconds and cost per image.
@@ -37,21 +38,39 @@ ENGINE_CONFIGS = "tensorflow:2x1x64,tensorflow:1x2x4,tensorflow:2x1x4,onnx:1x2x6
 FAITHFUL_ENGINES = ("onnx", "tensorflow")  # both match TensorFlow to cosine >= 0.9999 (tests/test_engines.py)
 
 
-def _engine_worker(artifact, threads: int, seconds: float, batch: int, out) -> None:
+def _engine_worker(artifact, threads: int, seconds: float, batch: int, out, files: list[str]) -> None:
     """Runs in a fresh process: steady-state images/second of one engine instance. Like a Spark Python worker it
-    only loads the engine (TensorFlow sizes its thread pools only if nothing initialised it before)."""
+    only loads the engine (TensorFlow sizes its thread pools only if nothing initialised it before). With `files`,
+    each input is first decoded from a file's bytes into the batch, as the pipeline's UDF does."""
     import numpy as np
 
     from fruit_assets.engines import load_embedder
+    from fruit_assets.images import ImageDecodeError, decode_into
 
     embed = load_embedder(artifact, threads=threads)
     x = np.random.default_rng(0).uniform(-1, 1, size=(batch, 224, 224, 3)).astype(np.float32)
+    blobs, position = [], 0
+    for f in files:  # the images that decode (the pipeline turns the others into error rows)
+        data = Path(f).read_bytes()
+        try:
+            decode_into(data, x[0])
+            blobs.append(data)
+        except ImageDecodeError:
+            pass
+
+    def one_batch() -> None:
+        nonlocal position
+        for row in range(batch if blobs else 0):
+            decode_into(blobs[position % len(blobs)], x[row])
+            position += 1
+        embed(x)
+
     deadline = time.monotonic() + 3.0  # warm-up
     while time.monotonic() < deadline:
-        embed(x)
+        one_batch()
     images, started = 0, time.monotonic()
     while time.monotonic() - started < seconds:
-        embed(x)
+        one_batch()
         images += batch
     out.put(images / (time.monotonic() - started))
 
@@ -70,14 +89,16 @@ def prepare(engine: str, weights: str, cache: str):
     return artifact
 
 
-def bench_engine(artifact, processes: int, threads: int, seconds: float, batch: int) -> float:
+def bench_engine(artifact, processes: int, threads: int, seconds: float, batch: int, files: list[Path] = ()) -> float:
+    """Images/second of `processes` engine instances together; with `files`, decoding them too (split between
+    the processes)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     workers = [
-        ctx.Process(target=_engine_worker, args=(artifact, threads, seconds, batch, queue))
-        for _ in range(processes)
+        ctx.Process(target=_engine_worker, args=(artifact, threads, seconds, batch, queue, [str(f) for f in files[i::processes]]))
+        for i in range(processes)
     ]
     for w in workers:
         w.start()
@@ -138,19 +159,26 @@ class TreeRss:
         self._thread.join()
 
 
-def sample_root(images: Path, limit: int | None, into: Path) -> tuple[Path, int]:
-    """The first `limit` images, taken round-robin over classes (sorted), copied into a fresh root."""
+def pick(images: Path, limit: int | None) -> tuple[list[Path], int]:
+    """The first `limit` files (all when None), taken round-robin over classes (sorted), and how many there are."""
     files = {c: sorted(p for p in c.rglob("*") if p.is_file()) for s in sorted(images.iterdir()) if s.is_dir()
              for c in sorted(s.iterdir()) if c.is_dir()}
     total = sum(len(v) for v in files.values())
-    if limit is None or limit >= total:
-        return images, total
+    limit = total if limit is None else min(limit, total)
     chosen, depth = [], 0
     while len(chosen) < limit:
         for c, paths in files.items():
             if depth < len(paths) and len(chosen) < limit:
                 chosen.append(paths[depth])
         depth += 1
+    return chosen, total
+
+
+def sample_root(images: Path, limit: int | None, into: Path) -> tuple[Path, int]:
+    """The first `limit` images (see `pick`) copied into a fresh root; the root itself when that is all of it."""
+    chosen, total = pick(images, limit)
+    if len(chosen) == total:
+        return images, total
     for p in chosen:
         target = into / p.relative_to(images)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -192,6 +220,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="number of images (default: all)")
     parser.add_argument("--engine-seconds", type=float, default=15.0)
     parser.add_argument("--engines", default=ENGINE_CONFIGS, help="engine:PROCESSESxTHREADSxBATCH,... (default %(default)s)")
+    parser.add_argument("--decode-images", type=int, default=4000, help="files decoded for the engine-with-decoding rate")
     parser.add_argument("--scaling", help="comma-separated image counts for the whole-graph scaling mode")
     parser.add_argument("--keep", action="store_true", help="keep the temporary lake and logs")
     args = parser.parse_args()
@@ -213,6 +242,12 @@ def main() -> None:
         print(f"engine {spec}: {rate:.1f} images/s", file=sys.stderr, flush=True)
     faithful = {k: v for k, v in report["engines"].items() if k.split(":")[0] in FAITHFUL_ENGINES}
     best = max(faithful, key=faithful.get)
+    engine, shape = best.split(":")
+    processes, threads, batch = (int(v) for v in shape.split("x"))
+    # The same engine configuration, each image decoded from its file first: what decoding costs before Spark.
+    files, _ = pick(Path(args.images), args.decode_images)
+    with_decode = bench_engine(artifacts[engine], processes, threads, args.engine_seconds, batch, files)
+    print(f"engine {best} with decoding ({len(files)} files): {with_decode:.1f} images/s", file=sys.stderr, flush=True)
 
     root, images = sample_root(Path(args.images), args.limit, work / "images")
     result = run_graph(root, work / "run", args.weights, cache, {})
@@ -224,6 +259,9 @@ def main() -> None:
             "engine_best_config": best,
             "pipeline_images_per_s": round(pipeline, 1),
             "ratio": round(pipeline / faithful[best], 3),
+            "engine_with_decode_images_per_s": round(with_decode, 1),
+            "decode_ceiling": round(with_decode / faithful[best], 3),
+            "ratio_to_engine_with_decode": round(pipeline / with_decode, 3),
             "embedding_pass_images_per_s": result["features"].get("images_per_second"),
             "images": images,
             "wall_s": round(result["wall_s"], 1),
