@@ -279,7 +279,7 @@ def test_counts_conserve_exactly(awkward_run):
         got = (features["label"] == label).sum() + (errors["label"] == label).sum() + ignored_per_class.get(label, 0)
         assert got == found, label
     embedded = per_class(instance, "mobilenet_features", "class_images_embedded")
-    failed = per_class(instance, "image_errors", "class_errors")
+    failed = per_class(instance, "mobilenet_features", "class_errors")
     assert sum(failed.values()) == len(errors) > 0
     for label in {e.label for e in in_classes}:
         assert embedded.get(label, 0) == (features["label"] == label).sum(), label

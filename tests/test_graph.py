@@ -84,9 +84,8 @@ def test_metadata_shown_in_the_ui(materialized):
     raw = latest(instance, "raw_images")
     assert raw["images"] == 40 and raw["ignored_files"] == 0 and raw["bytes_listed"] > 0
     assert per_class(instance, "raw_images", "class_images") == {c: IMAGES_PER_CLASS for c in CLASSES}
-    assert per_class(instance, "labelled_images", "class_images") == {c: IMAGES_PER_CLASS for c in CLASSES}
     assert per_class(instance, "mobilenet_features", "class_images_embedded") == {c: IMAGES_PER_CLASS for c in CLASSES}
-    assert per_class(instance, "image_errors", "class_errors") == {c: 0 for c in CLASSES}
+    assert per_class(instance, "mobilenet_features", "class_errors") == {c: 0 for c in CLASSES}
     # each partition's event holds its own class's counts and the run's totals, never a list of all classes: output
     # metadata is copied into every partition's event, so such a list would grow with the number of classes squared
     for asset in ("raw_images", "labelled_images", "mobilenet_features", "image_errors"):

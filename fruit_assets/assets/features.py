@@ -182,7 +182,6 @@ def mobilenet_features_and_errors(
     add_class_counts(
         context, {"class_images_embedded": embedded_per_class, "class_errors": errors_per_class}, "mobilenet_features"
     )
-    add_class_counts(context, {"class_errors": errors_per_class}, "image_errors")
 
     info = model_info(mobilenet, artifact)
     info_df = spark.createDataFrame([{**info, "versions": str(info["versions"])}])

@@ -158,12 +158,10 @@ def labelled_images(
     labelled = with_location(raw_images, images.root).withColumn("sha256", F.sha2(F.col("content"), 256))
     labelled = labelled.select("path", "label", "split", "sha256", "length", PARTITION_COLUMN)
     per_split = {r["split"] or "?": r["count"] for r in labelled.groupBy("split").count().collect()}
-    per_class = {r[PARTITION_COLUMN]: r["count"] for r in labelled.groupBy(PARTITION_COLUMN).count().collect()}
-    add_class_counts(context, {"class_images": per_class})
     return dg.Output(
         labelled,
         metadata={
-            "images": sum(per_class.values()),
+            "images": sum(per_split.values()),
             "images_per_split": count_table(per_split, key="split"),
         },
     )
