@@ -38,6 +38,13 @@ ENGINE_CONFIGS = "tensorflow:2x1x64,tensorflow:1x2x4,tensorflow:2x1x4,onnx:1x2x6
 FAITHFUL_ENGINES = ("onnx", "tensorflow")  # both match TensorFlow to cosine >= 0.9999 (tests/test_engines.py)
 
 
+def parse_spec(spec: str) -> tuple[str, int, int, int]:
+    """'onnx:2x1x64' -> ('onnx', processes 2, threads 1, batch 64)."""
+    engine, shape = spec.split(":")
+    processes, threads, batch = (int(v) for v in shape.split("x"))
+    return engine, processes, threads, batch
+
+
 def _engine_worker(artifact, threads: int, seconds: float, batch: int, out, files: list[str]) -> None:
     """Runs in a fresh process: steady-state images/second of one engine instance. Like a Spark Python worker it
     only loads the engine (TensorFlow sizes its thread pools only if nothing initialised it before). With `files`,
@@ -233,8 +240,7 @@ def main() -> None:
 
     artifacts: dict = {}  # one per engine, shared by its configurations
     for spec in args.engines.split(","):
-        engine, shape = spec.split(":")
-        processes, threads, batch = (int(v) for v in shape.split("x"))
+        engine, processes, threads, batch = parse_spec(spec)
         if engine not in artifacts:
             artifacts[engine] = prepare(engine, args.weights, cache)
         rate = bench_engine(artifacts[engine], processes, threads, args.engine_seconds, batch)
@@ -242,8 +248,7 @@ def main() -> None:
         print(f"engine {spec}: {rate:.1f} images/s", file=sys.stderr, flush=True)
     faithful = {k: v for k, v in report["engines"].items() if k.split(":")[0] in FAITHFUL_ENGINES}
     best = max(faithful, key=faithful.get)
-    engine, shape = best.split(":")
-    processes, threads, batch = (int(v) for v in shape.split("x"))
+    engine, processes, threads, batch = parse_spec(best)
     # The same engine configuration, each image decoded from its file first: what decoding costs before Spark.
     files, _ = pick(Path(args.images), args.decode_images)
     with_decode = bench_engine(artifacts[engine], processes, threads, args.engine_seconds, batch, files)

@@ -94,9 +94,9 @@ TERMINATED_STATES = ("TERMINATING", "TERMINATED", "TERMINATED_WITH_ERRORS")
 SSE = infra.SSE
 
 # Spark settings for the steps, passed as --conf to spark-submit. The launcher requires spark.master=yarn.
-# The workload settings of LOCAL_SPARK_CONFIG, except the master, the short-lived-JVM flags, the driver memory
-# (m5.xlarge: 16 GiB) and twice the shuffle partitions (2 core nodes of 4 vCPUs). Spark on YARN honours
-# spark.task.maxFailures without local[*, F].
+# The workload settings of LOCAL_SPARK_CONFIG, except the master, the short-lived-JVM flags, the listing of folders
+# on the driver (S3 listings gain from Spark's parallel listing), the driver memory (m5.xlarge: 16 GiB) and twice
+# the shuffle partitions (2 core nodes of 4 vCPUs). Spark on YARN honours spark.task.maxFailures without local[*, F].
 EMR_SPARK_CONFIG = {
     "spark.master": "yarn",
     "spark.submit.deployMode": "client",

@@ -152,7 +152,6 @@ def read(lake, name):
     return ds.dataset(str(lake / name), format="parquet", partitioning="hive", ignore_prefixes=[".", "_"]).to_table().to_pandas()
 
 
-
 @pytest.fixture(scope="module")
 def awkward_run(tmp_path_factory, weights, engine_cache):
     """One `fruits run` over the awkward corpus, with the Python workers' memory sampled throughout."""
@@ -274,14 +273,13 @@ def test_counts_conserve_exactly(awkward_run):
     assert raw["images"] == len(features) + len(errors)
 
     ignored_per_class = per_class(instance, "raw_images", "class_ignored_files")
-    for label in {e.label for e in in_classes}:
-        found = sum(e.label == label for e in in_classes)
-        got = (features["label"] == label).sum() + (errors["label"] == label).sum() + ignored_per_class.get(label, 0)
-        assert got == found, label
     embedded = per_class(instance, "mobilenet_features", "class_images_embedded")
     failed = per_class(instance, "mobilenet_features", "class_errors")
     assert sum(failed.values()) == len(errors) > 0
     for label in {e.label for e in in_classes}:
+        found = sum(e.label == label for e in in_classes)
+        got = (features["label"] == label).sum() + (errors["label"] == label).sum() + ignored_per_class.get(label, 0)
+        assert got == found, label
         assert embedded.get(label, 0) == (features["label"] == label).sum(), label
         assert failed.get(label, 0) == (errors["label"] == label).sum(), label
 

@@ -37,8 +37,8 @@ from fruit_assets.cli import main
 from fruit_assets.engines import sha256_file
 from tests.aws_server import FAKE_ENV, moto_server
 from tests.conftest import copy_images
-from tests.materializations import latest, per_class
 from tests.emr_standin import LOCAL_SPARK_SUBMIT, EmrStandIn
+from tests.materializations import latest, per_class
 
 pytestmark = [
     pytest.mark.emr,
@@ -192,7 +192,6 @@ def materialized(emr):
     return {**emr, "code": code, "seconds": seconds, "instance": instance, "runs": runs, "records": records}
 
 
-
 def check_evaluation(instance, asset: str, check: str):
     key = dg.AssetCheckKey(dg.AssetKey(asset), check)
     record = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key]
@@ -304,9 +303,7 @@ def test_every_emr_materialization_carries_cluster_step_and_cost(materialized):
         assert metadata["emr/estimated_cost_eur"].value >= infra.estimate_cost_eur(INSTANCES, 60) - 1e-4  # 1-min minimum
     # Every EMR step that produced an asset or a check result is accounted for (the multi-asset step twice).
     assert steps_seen == set(by_step)
-    features = instance.get_latest_materialization_event(dg.AssetKey("mobilenet_features")).asset_materialization
-    errors = instance.get_latest_materialization_event(dg.AssetKey("image_errors")).asset_materialization
-    assert features.metadata["emr/step_id"] == errors.metadata["emr/step_id"]
+    assert latest(instance, "mobilenet_features")["emr/step_id"] == latest(instance, "image_errors")["emr/step_id"]
 
 
 def test_staged_code_package_and_step_settings(materialized):

@@ -16,6 +16,7 @@ from fruit_assets.assets.features import MISSING_BYTES, split_scans
 from fruit_assets.cli import main
 from fruit_assets.partitions import partition_key
 from tests.conftest import TEST_SPLIT, copy_images
+from tests.materializations import latest
 
 pytestmark = pytest.mark.slow
 
@@ -59,10 +60,9 @@ def test_many_small_classes_are_scanned_in_about_the_wanted_number_of_tasks(frui
     images = copy_images(tmp_path / "images", classes=classes, per_class=3)
     assert main(["run", "--images", str(images), "--lake", str(fruits_env["lake"]), "--pca-k", "2"]) == 0
 
-    event = dg.DagsterInstance.get().get_latest_materialization_event(dg.AssetKey("mobilenet_features"))
-    meta = event.asset_materialization.metadata
-    assert meta["images_embedded"].value == 3 * len(classes)
-    assert meta["spark_tasks"].value <= wanted + 1, (meta["spark_tasks"].value, wanted, len(classes))
+    meta = latest(dg.DagsterInstance.get(), "mobilenet_features")
+    assert meta["images_embedded"] == 3 * len(classes)
+    assert meta["spark_tasks"] <= wanted + 1, (meta["spark_tasks"], wanted, len(classes))
 
 
 def test_vectors_are_stored_without_a_dictionary_and_strings_with_one(spark, tmp_path):

@@ -37,7 +37,6 @@ def materialized(tmp_path_factory, small_images, weights, engine_cache):
     os.environ.update(saved)
 
 
-
 def test_run_succeeds_and_registers_one_partition_per_class(materialized):
     assert materialized["code"] == 0
     keys = materialized["instance"].get_dynamic_partitions("fruit_class")

@@ -15,6 +15,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from tests.materializations import latest
 from tests.test_interruptions import A, B, CLASS_DATASETS, lifecycle
 
 pytestmark = pytest.mark.slow
@@ -64,9 +65,9 @@ def test_a_then_b_then_a_leaves_a_and_b_exactly_once_everywhere(reruns):
 def test_each_run_read_and_wrote_where_it_was_told(reruns):
     """Runs in one process with different settings (as in this test session) each use their own images and lake."""
     instance = reruns["instance"]
-    raw = instance.get_latest_materialization_event(dg.AssetKey("raw_images")).asset_materialization.metadata
-    assert raw["images_root"].value == str(reruns["images"])
-    assert raw["path"].value == str(reruns["lake"] / "raw_images")
+    raw = latest(instance, "raw_images")
+    assert raw["images_root"] == str(reruns["images"])
+    assert raw["path"] == str(reruns["lake"] / "raw_images")
 
 
 def test_dagster_has_each_class_materialized(reruns):
