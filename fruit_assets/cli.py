@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--deployment", choices=["local", "emr"], help="where Spark runs (FRUITS_DEPLOYMENT)")
     run.add_argument("--limit-per-class", type=int, metavar="N", help="mini mode: the first N images of each class")
     run.add_argument("--classes", nargs="+", metavar="CLASS", help="only these class folder names")
+    run.add_argument("--prune", action="store_true",
+                     help="first remove from the lake the classes embedded earlier whose folder has no images now")
     sub.add_parser("classes", help="list the class folders found under the images root")
     aws_cli.add_commands(sub)
     return parser
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     import dagster as dg
 
     import jobs
-    from fruit_assets.partitions import contiguous_ranges, fruit_class_partitions, partition_key
+    from fruit_assets.partitions import class_name, contiguous_ranges, fruit_class_partitions, partition_key
     from fruit_assets.preflight import CONFIG_ERRORS, preflight
     from fruit_assets.sensors import register_classes
     from resources import settings_resources
@@ -96,12 +98,26 @@ def run(args: argparse.Namespace) -> int:
     _fresh_definitions()
     instance = dg.DagsterInstance.get()
     register_classes(instance, found.class_names)
+    results = []
+    registered = map(class_name, instance.get_dynamic_partitions(fruit_class_partitions.name))
+    gone = [c for c in registered if c not in found.classes]  # folder removed, renamed or emptied since
+    if gone and args.prune:
+        _say(f"removing {len(gone)} class(es) without images under the images root now: {gone[:10]}")
+        result = dg.execute_job(dg.reconstructable(jobs.prune_classes), instance=instance,
+                                run_config={"ops": {"remove_classes": {"config": {"classes": gone}}}})
+        results.append(result)
+        if not result.success:
+            return _fail(result)
+        for name in gone:
+            instance.delete_dynamic_partition(fruit_class_partitions.name, partition_key(name))
+    elif gone:
+        _say(f"WARNING: {len(gone)} class(es) embedded earlier have no images under the images root now; their rows "
+             f"stay in the lake and in the PCA: {gone[:10]}. `fruits run --prune` removes them.")
     ordered = instance.get_dynamic_partitions(fruit_class_partitions.name)
     ranges = contiguous_ranges([partition_key(c) for c in classes], ordered)
     _say(f"{len(classes)} classes to embed, in {len(ranges)} run(s); DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
 
     run_config = {"ops": {"raw_images": {"config": {"limit_per_class": args.limit_per_class}}}}
-    results = []
     for first, last in ranges:
         tags = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
         _say(f"embedding classes {first!r} .. {last!r}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -32,6 +33,21 @@ def is_image_path(path: str) -> bool:
     return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
+@contextmanager
+def _pil_limit_at_least(max_pixels: int):
+    """PIL refuses images over twice its own global limit inside `Image.open`, before our check could run: a
+    FRUITS_MAX_IMAGE_PIXELS above ~179 MP must lift it, for this call only."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None or max_pixels <= limit:
+        yield
+        return
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
 def open_image(content: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
     """Open and fully decode `content`, raising ImageDecodeError with a specific reason."""
     if content is None or len(content) == 0:
@@ -39,7 +55,8 @@ def open_image(content: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Im
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            img = Image.open(io.BytesIO(content))
+            with _pil_limit_at_least(max_pixels):
+                img = Image.open(io.BytesIO(content))
         except Image.DecompressionBombError as exc:
             raise ImageDecodeError(f"decompression bomb refused: {exc}") from None
         except UnidentifiedImageError:

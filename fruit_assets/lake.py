@@ -104,11 +104,21 @@ def check_uri(value: str, what: str, env_var: str | None = None) -> str:
     return value.rstrip("/") or value
 
 
+_PATTERN_CHARS = "[]{}*?\\,"  # Hadoop globs and comma-separated path lists (PipelineModel.load reads via textFile)
+
+
 def validate_root(root: str) -> str:
     """Lake roots are local paths or s3:// URIs without '..' segments; local ones are made absolute."""
     if not root:
         raise LakePathError("The lake root is empty (set FRUITS_LAKE_ROOT or --lake).")
     root = check_uri(root, "lake root", "FRUITS_LAKE_ROOT or --lake")
+    special = sorted(set(root) & set(_PATTERN_CHARS))
+    if special:
+        raise LakePathError(
+            f"Refusing the lake root {root!r} (FRUITS_LAKE_ROOT or --lake): Spark reads {', '.join(map(repr, special))} "
+            "in a path as a file pattern or a list of paths, so its datasets could not be read back. Choose a folder "
+            "name without any of " + " ".join(_PATTERN_CHARS) + "."
+        )
     if "://" not in root and not root.startswith("file:"):
         root = os.path.abspath(os.path.expanduser(root))
     return root.rstrip("/") or "/"
@@ -331,14 +341,28 @@ def read_text(spark: SparkSession, path: str) -> str:
 # ------------------------------------------------------------------------------------------------------ writes
 
 
-def partition_name(spark: SparkSession, class_name: str) -> str:
-    """The folder name Spark gives a class's partition (its value escaped as Spark escapes partition paths)."""
-    escaped = _jvm(spark).org.apache.spark.sql.catalyst.catalog.ExternalCatalogUtils.escapePathName(class_name)
+# The characters Spark escapes as %XX in a partition folder's name (ExternalCatalogUtils.escapePathName, off Windows)
+_SPARK_ESCAPES = frozenset("\"#%'*/:=?\\\x7f{[]^" + "".join(map(chr, range(1, 32))))
+MAX_FOLDER_NAME_BYTES = 255  # NAME_MAX of local file systems (ext4, xfs, apfs)
+
+
+def partition_name(class_name: str) -> str:
+    """The folder name Spark gives a class's partition: `fruit_class=<name, escaped as Spark escapes it>`."""
+    escaped = "".join(f"%{ord(c):02X}" if c in _SPARK_ESCAPES else c for c in class_name)
     return f"{PARTITION_COLUMN}={escaped}"
 
 
-def partition_dir(spark: SparkSession, path: str, class_name: str) -> str:
-    return f"{path}/{partition_name(spark, class_name)}"
+def check_partition_names(class_names: list[str]) -> None:
+    """A class whose partition folder name would pass the file system's limit fails the write deep inside a Spark
+    task ("File name too long"); say so before any work."""
+    too_long = [c for c in class_names if len(partition_name(c).encode()) > MAX_FOLDER_NAME_BYTES]
+    if too_long:
+        shown = ", ".join(repr(c[:60] + "..." if len(c) > 60 else c) for c in too_long[:5])
+        raise LakePathError(
+            f"{len(too_long)} class folder name(s) too long for the lake: {shown}. Each class is stored in a folder "
+            f"named {PARTITION_COLUMN}=<class name> (Spark writes some characters as %XX), which must fit in "
+            f"{MAX_FOLDER_NAME_BYTES} bytes of UTF-8. Rename those class folders, or leave them out with --classes."
+        )
 
 
 def _parquet_writer(df: DataFrame):
@@ -368,7 +392,7 @@ def _write_classes(
     spark: SparkSession, df: DataFrame, path: str, class_names: list[str], tag: str, row_group_bytes: int | None
 ) -> None:
     tmp, aside = f"{path}{WRITING}{tag}", f"{path}{OLD_PARTS}{tag}"
-    wanted = {partition_name(spark, c) for c in class_names}
+    wanted = {partition_name(c) for c in class_names}
     writer = _parquet_writer(df.repartition(PARTITION_COLUMN))  # one file per class, not one per class in every task
     if row_group_bytes:
         writer = writer.option("parquet.block.size", row_group_bytes)

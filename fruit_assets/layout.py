@@ -5,8 +5,10 @@ Listing runs in the Dagster process (which on EMR has no Spark), so it uses the 
 
 The listing is also the inventory that lets a run say exactly what it skipped: every file under a class folder is
 either an image that Spark reads (and that becomes a feature vector or an error row) or is ignored with a reason
-(not an image extension; or a hidden name, which Spark's file sources skip without a word). Image files outside any
-class folder and class folders without images are reported, not processed.
+(not an image extension; a hidden name or a broken symbolic link, which Spark's file sources skip without a word).
+Image files outside any class folder and class folders without images are reported, not processed. Like Hadoop's
+local file system, the listing follows symbolic links to folders. What Spark would silently misread (a root one level
+too high, a link that loops, names that are not UTF-8) is a LayoutError.
 """
 
 from __future__ import annotations
@@ -54,17 +56,19 @@ def glob_escape(path: str) -> str:
     return _GLOB_CHARS.sub(r"\\\1", path)
 
 
-def spark_skips(name: str) -> bool:
-    """Whether Spark's file sources skip a file or folder of this name when listing (InMemoryFileIndex's rule)."""
+def spark_skips(name: str, folder: bool) -> bool:
+    """Whether Spark's file sources skip a file or folder of this name. Listing (InMemoryFileIndex) keeps
+    `_metadata*` and `_common_metadata*` for Parquet, but then isDataPath drops such files too, not folders."""
     exclude = (name.startswith("_") and "=" not in name) or name.startswith(".") or name.endswith("._COPYING_")
-    return exclude and not name.startswith(("_common_metadata", "_metadata"))
+    return exclude and not (folder and name.startswith(("_common_metadata", "_metadata")))
 
 
 def ignore_reason(parts: list[str]) -> str | None:
     """Why the file at `<class folder>/<parts...>` is not embedded, or None for an image file Spark reads."""
     for i, part in enumerate(parts):
-        if spark_skips(part):
-            what = "file" if i == len(parts) - 1 else "folder"
+        folder = i < len(parts) - 1
+        if spark_skips(part, folder):
+            what = "folder" if folder else "file"
             return f"hidden {what} name {part!r} (starts with '.' or '_'; Spark skips such names)"
     if not is_image_path(parts[-1]):
         return "not an image file (only .jpg, .jpeg and .png are embedded)"
@@ -84,9 +88,9 @@ class ClassFiles:
     ignored_examples: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), the first few
     zero_byte_images: list[str] = field(default_factory=list)  # image files of 0 bytes, which Spark does not list
 
-    def add(self, split: str, path: str, parts: list[str], size: int) -> None:
+    def add(self, split: str, path: str, parts: list[str], size: int, reason: str | None = None) -> None:
         self.files += 1
-        reason = ignore_reason(parts)
+        reason = reason or ignore_reason(parts)
         if reason is None:
             self.images += 1
             self.image_splits.add(split)
@@ -140,7 +144,36 @@ def discover(root: str) -> Discovery:
             f"No class folders under {root!r}. Expected {EXPECTED_LAYOUT}"
             + (f"; image files found outside class folders: {found.outside_classes[:5]}" if found.outside_classes else "")
         )
+    if found.classes and all(f.in_subfolders == f.images for f in found.inventory.values()):
+        splits = sorted({s for f in found.inventory.values() for s in f.splits})
+        raise LayoutError(
+            f"Every image under {root!r} lies deeper than <Split>/<Class name>/ (no class folder holds one directly), "
+            f"so {splits[:5]} would be taken for splits and {found.class_names[:5]} for class names: the images root "
+            f"looks one level too high. Set it (FRUITS_IMAGES_ROOT or --images) to {root}/{splits[0]}"
+            + (f" or another of {splits[:5]}" if len(splits) > 1 else "") + f". Expected {EXPECTED_LAYOUT}"
+        )
     return found
+
+
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that are not UTF-8, as os.fsdecode keeps them
+
+
+def _walk(top: str):
+    """os.walk following symbolic links to folders, as Hadoop's local listing does, refusing a link that loops."""
+    above = {top: [os.path.realpath(top)]}  # folder -> real paths of it and the folders it is in, in this walk
+    for folder, dirs, names in os.walk(top, followlinks=True):
+        chain = above.pop(folder)
+        dirs.sort()
+        for name in dirs:
+            path = os.path.join(folder, name)
+            real = os.path.realpath(path)
+            if os.path.islink(path) and any(os.path.commonpath([real, r]) == real for r in chain):
+                raise LayoutError(
+                    f"The symbolic link {path!r} leads to {real!r}, which contains the link itself: Spark would list "
+                    f"it endlessly (the same images again and again). Remove the link or point it elsewhere."
+                )
+            above[path] = [*chain, real]
+        yield folder, dirs, names
 
 
 def _discover_local(root: str) -> Discovery:
@@ -150,12 +183,23 @@ def _discover_local(root: str) -> Discovery:
     if not top.is_dir():
         raise LayoutError(f"Images root {root!r} is not a folder. Expected {EXPECTED_LAYOUT}")
     found = Discovery(root=root)
+    undecodable: list[str] = []
+
+    def decodable(path) -> bool:
+        """Dagster cannot store a class name that is not UTF-8, and the JVM lists no such file."""
+        if _UNDECODABLE.search(os.path.basename(path)):
+            undecodable.append(str(path))
+            return False
+        return True
+
     try:
-        splits = sorted(p for p in top.iterdir() if p.is_dir() and not p.name.startswith("."))
+        splits = sorted(p for p in top.iterdir() if p.is_dir() and not p.name.startswith(".") and decodable(p))
     except PermissionError as exc:
         raise LayoutError(f"Images root {root!r} cannot be listed: {exc}") from None
     for split_dir in splits:
         for entry in sorted(split_dir.iterdir()):
+            if not decodable(entry):
+                continue
             if entry.is_file():
                 if is_image_path(entry.name):
                     found.outside_classes.append(str(entry))
@@ -164,19 +208,30 @@ def _discover_local(root: str) -> Discovery:
                 continue
             files = found.inventory.setdefault(entry.name, ClassFiles())
             files.splits.append(split_dir.name)
-            for folder, dirs, names in os.walk(entry):
-                dirs.sort()
+            for folder, dirs, names in _walk(str(entry)):
+                dirs[:] = [d for d in dirs if decodable(os.path.join(folder, d))]
                 relative = Path(folder).relative_to(entry).parts
                 for name in sorted(names):
                     path = os.path.join(folder, name)
+                    if not decodable(path):
+                        continue
                     try:
-                        size = os.stat(path).st_size
-                    except OSError:  # a dangling link, or gone since the listing
+                        size, reason = os.stat(path).st_size, None
+                    except OSError as exc:  # Hadoop's listing skips what it cannot stat, without a word
                         size = -1
-                    files.add(split_dir.name, path, [*relative, name], size)
+                        reason = ("broken symbolic link: its target does not exist" if os.path.islink(path)
+                                  else f"cannot be read: {exc.strerror}")
+                    files.add(split_dir.name, path, [*relative, name], size, reason)
     for entry in sorted(top.iterdir()):
-        if entry.is_file() and is_image_path(entry.name):
+        if entry.is_file() and is_image_path(entry.name) and decodable(entry):
             found.outside_classes.append(str(entry))
+    if undecodable:
+        raise LayoutError(
+            f"{len(undecodable)} name(s) under {root!r} are not valid UTF-8, so Spark cannot read them and a class "
+            f"cannot be named after them: {', '.join(repr(os.fsencode(p)) for p in undecodable[:5])}"
+            + (" ..." if len(undecodable) > 5 else "")
+            + f". Rename them to UTF-8, e.g. `convmv -r -f latin1 -t utf-8 --notest {root}`."
+        )
     return found._finish()
 
 

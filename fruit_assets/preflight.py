@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from fruit_assets.engines import EMBEDDING_DIM, ENGINES, WeightsError
-from fruit_assets.lake import LakePathError, check_uri, validate_root
+from fruit_assets.lake import LakePathError, check_partition_names, check_uri, validate_root
 from fruit_assets.layout import EXPECTED_LAYOUT, Discovery, LayoutError, discover, is_s3
 
 
@@ -126,6 +126,11 @@ def check_k_against_images(k: int, found: Discovery, classes: list[str], limit_p
     if others is None:
         return None  # S3 lake: the asset checks k against the exact count when it fits the PCA
     bound = sum(new.values()) + sum(n for c, n in others.items() if c not in new)
+    if bound < 2:
+        raise ConfigError(
+            f"The PCA needs at least 2 images to estimate a covariance, and it would see at most {bound}: "
+            "embed more images (more classes, or a higher --limit-per-class)."
+        )
     if k > bound:
         raise ConfigError(
             f"PCA k={k} is larger than the number of images the PCA would be fitted on: at most {bound} "
@@ -185,6 +190,7 @@ def preflight(settings: dict, classes: list[str] | None = None, limit_per_class:
             f"No class folder under {found.root!r} holds an image file (empty: {found.empty_classes[:10]}). "
             f"Expected {EXPECTED_LAYOUT}"
         )
+    check_partition_names(selected)
     bound = check_k_against_images(pca.k, found, selected, limit_per_class, lake_root)
     plan = Plan(discovery=found, classes=selected, pca_images_bound=bound)
     if found.empty_classes:

@@ -1,4 +1,4 @@
-"""Jobs: the whole graph, and its two halves (per-class work, and the PCA over all classes).
+"""Jobs: the whole graph's two halves (per-class work, and the PCA over all classes), and removing classes.
 
 Returned from module-level functions so `reconstructable()` can rebuild them in another process, as the EMR step
 launcher and the multiprocess executor require.
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dagster as dg
 
-CLASS_ASSETS = dg.AssetSelection.assets("raw_images", "labelled_images", "mobilenet_features", "image_errors")
+from fruit_assets.erasure import CLASS_DATASETS, prune_classes as prune_classes_job
+
+CLASS_ASSETS = dg.AssetSelection.assets(*CLASS_DATASETS)
 PCA_ASSETS = dg.AssetSelection.assets("pca_model", "pca_features")
 
 embed_classes_job = dg.define_asset_job(
@@ -21,7 +23,7 @@ reduce_job = dg.define_asset_job(
     selection=PCA_ASSETS,
     description="Fit the PCA over every materialized class and project every image.",
 )
-ALL_JOBS = [embed_classes_job, reduce_job]
+ALL_JOBS = [embed_classes_job, reduce_job, prune_classes_job]
 
 
 def _job(name: str) -> dg.JobDefinition:
@@ -36,3 +38,7 @@ def embed_classes() -> dg.JobDefinition:
 
 def reduce() -> dg.JobDefinition:
     return _job("reduce")
+
+
+def prune_classes() -> dg.JobDefinition:
+    return _job("prune_classes")

@@ -27,6 +27,17 @@ WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h
 # project's packages): default it to the interpreter running Dagster, the project's venv.
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
+
+def _utf8_locale_for_the_jvm() -> None:
+    """Java on Linux names files in the locale's charset: under LC_ALL=C (cron, bare containers) Spark cannot open a
+    class folder named `Pêche`, while Python (in UTF-8 mode there) lists it fine. Give the JVM we start a UTF-8 one."""
+    current = os.environ.get("LC_ALL") or os.environ.get("LC_CTYPE") or os.environ.get("LANG") or ""
+    if sys.platform.startswith("linux") and not any(tag in current.lower() for tag in ("utf-8", "utf8")):
+        os.environ["LC_ALL"] = "C.UTF-8"
+
+
+_utf8_locale_for_the_jvm()
+
 # Spark settings that matter for this workload; see README "Performance".
 LOCAL_SPARK_CONFIG = {
     # local[N, F]: in local mode Spark ignores spark.task.maxFailures and fails a job on a task's first failure

@@ -110,6 +110,19 @@ def test_k_above_the_image_count(capsys, env):
     assert "at most 2" in err and "limited to 1 per class" in err
 
 
+def test_a_class_name_too_long_for_a_lake_folder(capsys, env):
+    """A 250-byte folder name is fine in the images root, but not as `fruit_class=<name>` in the lake."""
+    long_name = "Banana " + "x" * 243
+    shutil.copytree(env["images"] / "Test" / "Banana", env["images"] / "Test" / long_name)
+    err = run_cli(capsys, env, "--pca-k", "2")
+    assert "1 class folder name(s) too long for the lake: 'Banana xxx" in err and "--classes" in err
+
+
+def test_a_single_image_is_too_few_for_a_pca(capsys, env):
+    err = run_cli(capsys, env, "--pca-k", "1", "--classes", "Kiwi", "--limit-per-class", "1")
+    assert "The PCA needs at least 2 images to estimate a covariance, and it would see at most 1" in err
+
+
 def test_k_bound_counts_rows_of_other_classes_already_in_the_lake(env, tmp_path):
     """The PCA is fitted over every class in the lake, so rows embedded earlier count (read from Parquet footers)."""
     lake = tmp_path / "lake-with-rows"
@@ -212,6 +225,8 @@ def test_lake_root_with_dot_dot_is_refused_from_flag_and_environment(capsys, env
         ("--lake", "hdfs://namenode/lake", "Unsupported scheme 'hdfs://'"),
         ("--lake", "s3://Not_A_Bucket/lake", "does not name a valid S3 bucket"),
         ("--lake", "s3://fruits-lake/a//b", "empty path segments"),
+        ("--lake", "/tmp/fruits-lake[1]", "Spark reads '[', ']' in a path as a file pattern"),
+        ("--lake", "s3://fruits-lake/runs,old", "Spark reads ',' in a path as a file pattern or a list of paths"),
         ("--lake", f"s3://AKIAIOSFODNN7EXAMPLE:{SECRET}@fruits-lake/lake", "must not carry credentials"),
         ("--images", f"s3://AKIAIOSFODNN7EXAMPLE:{SECRET}@fruits-images", "must not carry credentials"),
     ],

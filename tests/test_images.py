@@ -1,6 +1,8 @@
 """Decoding and preprocessing match Keras's own load_img + preprocess_input, and bad bytes get specific reasons."""
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -85,3 +87,21 @@ def test_pixel_limit_refuses_before_decoding():
 def test_image_extensions_any_case():
     assert all(is_image_path(p) for p in ["a.jpg", "b.JPG", "c.jpeg", "d.Png", "dir.x/e.JPEG"])
     assert not any(is_image_path(p) for p in [".DS_Store", "Thumbs.db", "notes.txt", "x.jpg.txt", "gif.gif"])
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares its size but holds no pixel data: opening reads the size, loading fails."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+def test_pixel_limit_above_pils_own_is_ours_to_set():
+    """195 MP is over twice PIL's global limit: PIL alone would refuse it in Image.open whatever the setting."""
+    huge = png_header(15000, 13000)
+    with pytest.raises(ImageDecodeError, match="exceeds the limit of 194999999 \\(FRUITS_MAX_IMAGE_PIXELS\\)"):
+        decode(huge, max_pixels=195_000_000 - 1)
+    with pytest.raises(ImageDecodeError, match="truncated or corrupt image data"):  # past both limits: decoding
+        decode(huge, max_pixels=300_000_000)
+    assert Image.MAX_IMAGE_PIXELS == 89_478_485  # lifted for the call only

@@ -37,6 +37,7 @@ import pytest
 
 from fruit_assets import lake
 from fruit_assets.cli import main
+from fruit_assets.erasure import CLASS_DATASETS
 from tests.conftest import PROJECT_DIR, copy_images
 from tests.test_bad_input import _cmdline, spark_python_workers
 
@@ -288,9 +289,6 @@ def writing_now(lake_dir: Path, dataset: str) -> bool:
     return any(
         (tmp / "_temporary").exists() for tmp in lake_dir.glob(f"{dataset}.__writing-*")
     )
-
-
-CLASS_DATASETS = ["raw_images", "labelled_images", "mobilenet_features", "image_errors"]
 
 
 def snapshot(lake_dir: Path) -> dict:

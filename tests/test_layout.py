@@ -1,9 +1,13 @@
 """Labelling from paths, class discovery and partition keys."""
 
+import os
+
+import boto3
 import pytest
 
-from fruit_assets.assets.ingest import with_location
+from fruit_assets.assets.ingest import read_class_files, with_location
 from fruit_assets.layout import LayoutError, class_folders, discover, glob_escape
+from tests.aws_server import moto_endpoint  # noqa: F401  (pytest fixture)
 from fruit_assets.partitions import class_name, contiguous_ranges, partition_key
 
 
@@ -43,6 +47,83 @@ def test_discover_refuses_missing_or_flat_roots(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"x")
     with pytest.raises(LayoutError, match=r"Expected <images root>/<Split>/<Class name>/"):
         discover(str(tmp_path))
+
+
+def _files(root, *relative):
+    for rel in relative:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+
+
+def test_discover_refuses_a_root_one_level_too_high(tmp_path):
+    _files(tmp_path, "fruits-360/Test/Apple 1/a.jpg", "fruits-360/Test/Kiwi/b.jpg", "fruits-360/Training/Kiwi/c.jpg")
+    with pytest.raises(LayoutError, match=f"one level too high.* to {tmp_path}/fruits-360\\. Expected"):
+        discover(str(tmp_path))  # would take fruits-360 for the split, Test and Training for classes
+    assert discover(str(tmp_path / "fruits-360")).classes == {"Apple 1": ["Test"], "Kiwi": ["Test", "Training"]}
+
+
+def test_discover_refuses_an_s3_root_one_level_too_high(moto_endpoint):
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="layout-too-high", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    for key in ["data/fruits-360/Test/Apple 1/a.jpg", "data/fruits-360/Test/Kiwi/b.jpg"]:
+        s3.put_object(Bucket="layout-too-high", Key=key, Body=b"x")
+    with pytest.raises(LayoutError, match="one level too high.* to s3://layout-too-high/data/fruits-360\\."):
+        discover("s3://layout-too-high/data")
+    assert discover("s3://layout-too-high/data/fruits-360").class_names == ["Apple 1", "Kiwi"]
+
+
+def test_discover_follows_folder_links_as_spark_does(tmp_path):
+    _files(tmp_path, "Test/Apple/a.jpg", "elsewhere/more/b.jpg", "elsewhere/more/c.png", "kiwis/k.jpg")
+    (tmp_path / "Test/Apple/more").symlink_to(tmp_path / "elsewhere/more")
+    (tmp_path / "Test/Kiwi").symlink_to(tmp_path / "kiwis")  # a class folder that is a link
+    (tmp_path / "Test/Apple/gone.jpg").symlink_to("missing")
+    found = discover(str(tmp_path))
+    apple = found.inventory["Apple"]
+    assert (apple.files, apple.images, apple.in_subfolders, apple.ignored) == (4, 3, 2, 1)
+    assert apple.ignored_examples == [(f"{tmp_path}/Test/Apple/gone.jpg", "broken symbolic link: its target does not exist")]
+    assert found.inventory["Kiwi"].images == 1
+
+
+@pytest.mark.parametrize("target", [".", "..", "../.."])
+def test_discover_refuses_a_folder_link_that_loops(tmp_path, target):
+    _files(tmp_path, "Test/Apple/a.jpg")
+    (tmp_path / "Test/Apple/sub").mkdir()
+    (tmp_path / "Test/Apple/sub/loop").symlink_to(target)
+    with pytest.raises(LayoutError, match=f"symbolic link '{tmp_path}/Test/Apple/sub/loop' .*list it endlessly"):
+        discover(str(tmp_path))
+
+
+def test_discover_counts_what_spark_reads(spark, tmp_path):
+    """Spark lists `_metadata*` folders but reads no file named `_...` (without '='), follows folder links, and skips
+    broken links: discovery's image count must be exactly what binaryFile reads."""
+    names = ["plain.jpg", "_metadata_1.jpg", "_common_metadata.png", "_x.jpg", "a=_b.jpg", "_a=b.jpg", ".h.jpg",
+             "x.jpg._COPYING_", "_metadata_dir/y.jpg", "_common_metadata/y.jpg", "_sub/y.jpg", "_k=v/y.jpg",
+             ".hid/y.jpg", "ok/_z.jpg", "ok/z.jpg"]
+    _files(tmp_path / "Test/C", *names)
+    _files(tmp_path, "outside/o.jpg", "outside/_o.jpg")
+    (tmp_path / "Test/C/linked").symlink_to(tmp_path / "outside")
+    (tmp_path / "Test/C/gone.jpg").symlink_to("missing")
+    found = discover(str(tmp_path))
+    spark_paths = [r.path for r in read_class_files(spark, [f"{tmp_path}/Test/C"]).collect()]
+    assert sorted(p.rsplit("/C/", 1)[1] for p in spark_paths) == [
+        "_a=b.jpg", "_common_metadata/y.jpg", "_k=v/y.jpg", "_metadata_dir/y.jpg", "a=_b.jpg", "linked/o.jpg",
+        "ok/z.jpg", "plain.jpg"]
+    c = found.inventory["C"]
+    assert (c.images, c.files) == (len(spark_paths), len(names) + 3)
+
+
+def test_discover_refuses_names_that_are_not_utf8(tmp_path):
+    _files(tmp_path, "Test/Kiwi/ok.jpg")
+    root = os.fsencode(tmp_path)
+    os.makedirs(root + b"/Test/P\xeache")
+    open(root + b"/Test/P\xeache/a.jpg", "wb").close()
+    open(root + b"/Test/Kiwi/\xe9t\xe9.jpg", "wb").close()
+    with pytest.raises(LayoutError) as raised:
+        discover(str(tmp_path))
+    message = str(raised.value)
+    assert message.startswith(f"2 name(s) under '{tmp_path}' are not valid UTF-8")
+    assert repr(root + b"/Test/P\xeache") in message and repr(root + b"/Test/Kiwi/\xe9t\xe9.jpg") in message
+    assert "convmv -r -f latin1 -t utf-8" in message
 
 
 @pytest.mark.parametrize("name", ["Apple Red 1", 'Pêche "plate", jaune 2', "a,b", "x[1]*", "50% off", "wait...what", "tab\there"])

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from tests.materializations import latest
-from tests.test_interruptions import A, B, CLASS_DATASETS, lifecycle
+from fruit_assets.erasure import CLASS_DATASETS
+from tests.test_interruptions import A, B, lifecycle
 
 pytestmark = pytest.mark.slow
 

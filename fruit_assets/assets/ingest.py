@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
 from fruit_assets.images import IMAGE_EXTENSIONS
-from fruit_assets.lake import PARTITION_COLUMN
+from fruit_assets.lake import PARTITION_COLUMN, check_partition_names
 from fruit_assets.layout import EXPECTED_LAYOUT, LayoutError, discover, glob_escape, normalize_root, spark_path
 from fruit_assets.metadata import add_class_counts, count_table
 from fruit_assets.partitions import class_name, fruit_class_partitions
@@ -67,6 +67,7 @@ def raw_images(
             f"No folder for class(es) {missing} under any split of {found.root!r} "
             f"(expected {EXPECTED_LAYOUT}). Was the folder renamed or removed?"
         )
+    check_partition_names(classes)
     inventory = {c: found.inventory[c] for c in classes}
     all_folders = [f"{found.root}/{split}/{c}" for c in classes for split in inventory[c].splits]
     files = read_class_files(spark, all_folders).select("path", "length", "content")

@@ -23,7 +23,19 @@ PROJECTION_POINTS = 5000  # points drawn in the 2-D projection plot
 
 
 class PcaSizeError(ValueError):
-    """k cannot exceed the number of features (1280) or of images."""
+    """Too few images, images without any variance, or k above the number of features (1280) or of images."""
+
+
+def check_pca_size(k: int, images: int, dim: int) -> None:
+    if images < 2:
+        raise PcaSizeError(
+            f"PCA needs at least 2 embedded images to estimate a covariance; found {images}. Embed more images."
+        )
+    if not 1 <= k <= min(dim, images):
+        raise PcaSizeError(
+            f"PCA k={k} is not possible with {images} images of {dim} features: "
+            f"choose 1 <= k <= {min(dim, images)} (FRUITS_PCA_K or --pca-k)."
+        )
 
 
 def components_needed(cumulative: np.ndarray, level: float) -> int | None:
@@ -63,7 +75,13 @@ def fit_pca(features: DataFrame, k: int) -> tuple[PipelineModel, np.ndarray]:
     full = pipeline.fit(vectors)  # passes over the data: scaler statistics, then the covariance
     vectors.unpersist()
     scaler, pca = full.stages
-    return PipelineModel(stages=[scaler, first_components(pca, k)]), pca.explainedVariance.toArray()
+    spectrum = pca.explainedVariance.toArray()
+    if not np.isfinite(spectrum).all():  # Spark divides by the total variance: 0/0 when every vector is the same
+        raise PcaSizeError(
+            "The embedded images have no variance at all (every feature vector is the same, e.g. copies of one "
+            "photo): there is nothing for a PCA to explain. Embed different images."
+        )
+    return PipelineModel(stages=[scaler, first_components(pca, k)]), spectrum
 
 
 @dg.asset(
@@ -89,11 +107,7 @@ def pca_model(
         F.count("*").alias("images"), F.countDistinct("label").alias("classes"), F.max(F.size("features")).alias("dim")
     ).first()
     images, classes, dim = stats["images"], stats["classes"], stats["dim"] or 0
-    if not 1 <= pca.k <= min(dim, images):
-        raise PcaSizeError(
-            f"PCA k={pca.k} is not possible with {images} images of {dim} features: "
-            f"choose 1 <= k <= {min(dim, images)} (FRUITS_PCA_K or --pca-k)."
-        )
+    check_pca_size(pca.k, images, dim)
     model, spectrum = fit_pca(features, pca.k)
     explained = spectrum[: pca.k]
     cumulative = np.cumsum(explained)
