@@ -15,8 +15,8 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from tests.materializations import latest
 from fruit_assets.erasure import CLASS_DATASETS
+from tests.materializations import latest
 from tests.test_interruptions import A, B, lifecycle
 
 pytestmark = pytest.mark.slow
