@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     _say(f"lake root:   {settings['lake_settings'].root}")
     _say(f"weights:     {settings['mobilenet'].weights or 'Keras ImageNet download'} (engine {settings['mobilenet'].engine})")
     try:  # every check that needs no Spark, before any Spark work
-        plan = preflight(settings, classes=args.classes, limit_per_class=args.limit_per_class)
+        plan = preflight(settings, classes=args.classes, limit_per_class=args.limit_per_class, prune=args.prune)
     except CONFIG_ERRORS as exc:
         return _config_error(exc)
     found, classes = plan.discovery, plan.classes
@@ -102,9 +102,9 @@ def run(args: argparse.Namespace) -> int:
     registered = map(class_name, instance.get_dynamic_partitions(fruit_class_partitions.name))
     gone = [c for c in registered if c not in found.classes]  # folder removed, renamed or emptied since
     if gone and args.prune:
-        _say(f"removing {len(gone)} class(es) without images under the images root now: {gone[:10]}")
+        _say(f"removing {len(gone)} class(es) without images under the images root now: {gone}")
         result = dg.execute_job(dg.reconstructable(jobs.prune_classes), instance=instance,
-                                run_config={"ops": {"remove_classes": {"config": {"classes": gone}}}})
+                                run_config={"ops": {"prune_classes_from_lake": {"config": {"classes": gone}}}})
         results.append(result)
         if not result.success:
             return _fail(result)

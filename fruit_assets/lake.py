@@ -38,6 +38,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, BinaryType, DoubleType, FloatType, StructType
 
+from fruit_assets.layout import GLOB_CHARS
+
 PARTITION_COLUMN = "fruit_class"
 SCHEMA_FILE = "_schema.json"  # kept beside the data so an empty dataset still reads back with its columns
 
@@ -104,7 +106,7 @@ def check_uri(value: str, what: str, env_var: str | None = None) -> str:
     return value.rstrip("/") or value
 
 
-_PATTERN_CHARS = "[]{}*?\\,"  # Hadoop globs and comma-separated path lists (PipelineModel.load reads via textFile)
+_PATTERN_CHARS = GLOB_CHARS + ","  # and commas: PipelineModel.load reads via textFile, which splits paths on them
 
 
 def validate_root(root: str) -> str:
@@ -386,6 +388,12 @@ def write_classes(df: DataFrame, path: str, class_names: list[str], row_group_by
     recover(spark, path)
     with _writing() as tag:
         _write_classes(spark, df, path, class_names, tag, row_group_bytes)
+
+
+def clear_classes(spark: SparkSession, path: str, class_names: list[str]) -> None:
+    """Remove the classes' rows from the class-partitioned dataset at `path`: a write of no rows for them, so a kill
+    midway leaves each class either whole or gone, as for any write."""
+    write_classes(read(spark, path, []), path, class_names)
 
 
 def _write_classes(

@@ -48,12 +48,12 @@ def spark_path(root: str) -> str:
     return root if is_s3(root) else "file:" + root
 
 
-_GLOB_CHARS = re.compile(r"([\\\[\]{}*?])")
+GLOB_CHARS = "\\[]{}*?"  # what Hadoop reads as a file pattern in a path
 
 
 def glob_escape(path: str) -> str:
-    """Hadoop globs paths with [] {} * ?; class names may contain them."""
-    return _GLOB_CHARS.sub(r"\\\1", path)
+    """Class names may contain Hadoop's pattern characters: escape them so a folder is read as named."""
+    return re.sub(f"([{re.escape(GLOB_CHARS)}])", r"\\\1", path)
 
 
 def spark_skips(name: str, folder: bool) -> bool:
@@ -127,6 +127,19 @@ class Discovery:
             f"Expected layout: {EXPECTED_LAYOUT}; move each into the folder of its class."
         )
 
+    def nesting_note(self) -> str | None:
+        """Images only in subfolders of every class folder keep their class, but that is also what a root one
+        level too high looks like (`data/` for `data/fruits-360/Test/...`): worth a warning, not a refusal."""
+        if not self.classes or any(f.in_subfolders < f.images for f in self.inventory.values()):
+            return None
+        splits = sorted({s for f in self.inventory.values() for s in f.splits})
+        return (
+            f"every image under {self.root!r} lies in a subfolder of its class folder, so the labels will be "
+            f"{self.class_names[:5]}{' ...' if len(self.classes) > 5 else ''} (the folders right under {splits[:5]}). "
+            f"If those are splits, the images root is one level too high: use {self.root}/{splits[0]} "
+            f"(FRUITS_IMAGES_ROOT or --images). Expected {EXPECTED_LAYOUT}"
+        )
+
     def _finish(self) -> "Discovery":
         for name, files in self.inventory.items():
             if files.images:
@@ -144,35 +157,44 @@ def discover(root: str) -> Discovery:
             f"No class folders under {root!r}. Expected {EXPECTED_LAYOUT}"
             + (f"; image files found outside class folders: {found.outside_classes[:5]}" if found.outside_classes else "")
         )
-    if found.classes and all(f.in_subfolders == f.images for f in found.inventory.values()):
-        splits = sorted({s for f in found.inventory.values() for s in f.splits})
-        raise LayoutError(
-            f"Every image under {root!r} lies deeper than <Split>/<Class name>/ (no class folder holds one directly), "
-            f"so {splits[:5]} would be taken for splits and {found.class_names[:5]} for class names: the images root "
-            f"looks one level too high. Set it (FRUITS_IMAGES_ROOT or --images) to {root}/{splits[0]}"
-            + (f" or another of {splits[:5]}" if len(splits) > 1 else "") + f". Expected {EXPECTED_LAYOUT}"
-        )
     return found
 
 
 _UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that are not UTF-8, as os.fsdecode keeps them
 
 
+def printable(path: str) -> str:
+    """`path` with any byte that is not UTF-8 written as \\xNN (only ignored files keep such names)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _walk(top: str):
-    """os.walk following symbolic links to folders, as Hadoop's local listing does, refusing a link that loops."""
+    """os.walk following symbolic links to folders, as Hadoop's local listing does, refusing a link that loops.
+    Links inside hidden folders, and hidden links, are not followed: Spark never lists them."""
+
+    def unlistable(error: OSError):
+        raise LayoutError(f"Cannot list {error.filename!r} under a class folder: {error.strerror}.")
+
     above = {top: [os.path.realpath(top)]}  # folder -> real paths of it and the folders it is in, in this walk
-    for folder, dirs, names in os.walk(top, followlinks=True):
+    for folder, dirs, names in os.walk(top, onerror=unlistable, followlinks=True):
         chain = above.pop(folder)
+        hidden = chain is None or any(spark_skips(part, True) for part in Path(folder).relative_to(top).parts)
         dirs.sort()
-        for name in dirs:
+        for name in list(dirs):
             path = os.path.join(folder, name)
-            real = os.path.realpath(path)
-            if os.path.islink(path) and any(os.path.commonpath([real, r]) == real for r in chain):
-                raise LayoutError(
-                    f"The symbolic link {path!r} leads to {real!r}, which contains the link itself: Spark would list "
-                    f"it endlessly (the same images again and again). Remove the link or point it elsewhere."
-                )
-            above[path] = [*chain, real]
+            if not os.path.islink(path):
+                above[path] = None if hidden else [*chain, os.path.realpath(path)]
+            elif hidden or spark_skips(name, True):
+                dirs.remove(name)
+                names.append(name)  # counted, as an ignored file, like any other entry Spark skips
+            else:
+                real = os.path.realpath(path)
+                if any(os.path.commonpath([real, r]) == real for r in chain):
+                    raise LayoutError(
+                        f"The symbolic link {path!r} leads to {real!r}, which contains the link itself: Spark would "
+                        f"list it endlessly (the same images again and again). Remove the link or point it elsewhere."
+                    )
+                above[path] = [*chain, real]
         yield folder, dirs, names
 
 
@@ -198,30 +220,33 @@ def _discover_local(root: str) -> Discovery:
         raise LayoutError(f"Images root {root!r} cannot be listed: {exc}") from None
     for split_dir in splits:
         for entry in sorted(split_dir.iterdir()):
-            if not decodable(entry):
+            if entry.name.startswith(".") or not decodable(entry):
                 continue
             if entry.is_file():
                 if is_image_path(entry.name):
                     found.outside_classes.append(str(entry))
                 continue
-            if entry.name.startswith("."):
+            if entry.is_symlink() and not entry.exists():  # an unmounted disk must not look like an emptied class
+                raise LayoutError(f"The class folder {str(entry)!r} is a symbolic link to {os.readlink(entry)!r}, "
+                                  "which does not exist.")
+            if not entry.is_dir():
                 continue
             files = found.inventory.setdefault(entry.name, ClassFiles())
             files.splits.append(split_dir.name)
             for folder, dirs, names in _walk(str(entry)):
-                dirs[:] = [d for d in dirs if decodable(os.path.join(folder, d))]
                 relative = Path(folder).relative_to(entry).parts
+                if not any(spark_skips(part, True) for part in relative):  # Spark never enters hidden folders
+                    dirs[:] = [d for d in dirs if spark_skips(d, True) or decodable(os.path.join(folder, d))]
+                    names = [n for n in names if spark_skips(n, False) or decodable(os.path.join(folder, n))]
                 for name in sorted(names):
                     path = os.path.join(folder, name)
-                    if not decodable(path):
-                        continue
                     try:
                         size, reason = os.stat(path).st_size, None
                     except OSError as exc:  # Hadoop's listing skips what it cannot stat, without a word
                         size = -1
                         reason = ("broken symbolic link: its target does not exist" if os.path.islink(path)
                                   else f"cannot be read: {exc.strerror}")
-                    files.add(split_dir.name, path, [*relative, name], size, reason)
+                    files.add(split_dir.name, printable(path), [*relative, name], size, reason)
     for entry in sorted(top.iterdir()):
         if entry.is_file() and is_image_path(entry.name) and decodable(entry):
             found.outside_classes.append(str(entry))

@@ -119,13 +119,15 @@ def lake_rows_per_class(lake_root: str, dataset: str = "mobilenet_features") -> 
 
 
 def check_k_against_images(k: int, found: Discovery, classes: list[str], limit_per_class: int | None,
-                           lake_root: str) -> int | None:
-    """At most how many images the PCA after this run can see; ConfigError if k exceeds it. None if unknown."""
+                           lake_root: str, prune: bool = False) -> int | None:
+    """At most how many images the PCA after this run can see; ConfigError if k exceeds it. None if unknown.
+    `prune`: the run first removes the classes without images under the root now, so their rows do not count."""
     new = {c: min(found.inventory[c].images, limit_per_class or found.inventory[c].images) for c in classes}
     others = lake_rows_per_class(lake_root)
     if others is None:
         return None  # S3 lake: the asset checks k against the exact count when it fits the PCA
-    bound = sum(new.values()) + sum(n for c, n in others.items() if c not in new)
+    kept = {c: n for c, n in others.items() if c not in new and (c in found.classes or not prune)}
+    bound = sum(new.values()) + sum(kept.values())
     if bound < 2:
         raise ConfigError(
             f"The PCA needs at least 2 images to estimate a covariance, and it would see at most {bound}: "
@@ -168,7 +170,7 @@ class Plan:
 
 
 def preflight(settings: dict, classes: list[str] | None = None, limit_per_class: int | None = None,
-              weights: bool = True) -> Plan:
+              weights: bool = True, prune: bool = False) -> Plan:
     """Validate a whole configuration (`resources.settings_resources()`) before any Spark work.
 
     Raises one of CONFIG_ERRORS with a specific message, or returns the Plan.
@@ -191,7 +193,7 @@ def preflight(settings: dict, classes: list[str] | None = None, limit_per_class:
             f"Expected {EXPECTED_LAYOUT}"
         )
     check_partition_names(selected)
-    bound = check_k_against_images(pca.k, found, selected, limit_per_class, lake_root)
+    bound = check_k_against_images(pca.k, found, selected, limit_per_class, lake_root, prune)
     plan = Plan(discovery=found, classes=selected, pca_images_bound=bound)
     if found.empty_classes:
         plan.notes.append(
@@ -200,6 +202,8 @@ def preflight(settings: dict, classes: list[str] | None = None, limit_per_class:
         )
     if found.outside_classes:
         plan.notes.append(found.outside_message())
+    if found.nesting_note():
+        plan.notes.append(found.nesting_note())
     if weights:
         plan.artifact = check_weights(mobilenet.engine, mobilenet.weights, os.path.expanduser(mobilenet.cache_dir))
     return plan

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from fruit_assets.erasure import CLASS_DATASETS, prune_classes as prune_classes_job
+from fruit_assets.prune import CLASS_DATASETS, prune_classes as prune_classes_job
 
 CLASS_ASSETS = dg.AssetSelection.assets(*CLASS_DATASETS)
 PCA_ASSETS = dg.AssetSelection.assets("pca_model", "pca_features")

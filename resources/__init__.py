@@ -30,10 +30,12 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
 def _utf8_locale_for_the_jvm() -> None:
     """Java on Linux names files in the locale's charset: under LC_ALL=C (cron, bare containers) Spark cannot open a
-    class folder named `Pêche`, while Python (in UTF-8 mode there) lists it fine. Give the JVM we start a UTF-8 one."""
+    class folder named `Pêche`, while Python (in UTF-8 mode there) lists it fine. Give the JVM we start the charset
+    Python uses, UTF-8; only the character type changes (LC_ALL only when it is set, as it overrides LC_CTYPE)."""
     current = os.environ.get("LC_ALL") or os.environ.get("LC_CTYPE") or os.environ.get("LANG") or ""
-    if sys.platform.startswith("linux") and not any(tag in current.lower() for tag in ("utf-8", "utf8")):
-        os.environ["LC_ALL"] = "C.UTF-8"
+    utf8 = any(tag in current.lower() for tag in ("utf-8", "utf8"))
+    if sys.platform.startswith("linux") and sys.getfilesystemencoding() == "utf-8" and not utf8:
+        os.environ["LC_ALL" if os.environ.get("LC_ALL") else "LC_CTYPE"] = "C.UTF-8"
 
 
 _utf8_locale_for_the_jvm()

@@ -133,6 +133,8 @@ def test_k_bound_counts_rows_of_other_classes_already_in_the_lake(env, tmp_path)
     assert check_k_against_images(14, found, ["Banana", "Kiwi"], None, str(lake)) == 14
     with pytest.raises(ConfigError, match=r"at most 14 .* plus 10 row\(s\) of other classes already in the lake"):
         check_k_against_images(15, found, ["Banana", "Kiwi"], None, str(lake))
+    # with --prune, rows of classes without images under the root now are removed first: they do not count
+    assert check_k_against_images(4, found, ["Banana", "Kiwi"], None, str(lake), prune=True) == 4
     # re-embedding a class replaces its rows: they are not counted twice
     (lake / "mobilenet_features" / "fruit_class=Kiwi").mkdir()
     pq.write_table(pa.table({"path": ["k"] * 50}), lake / "mobilenet_features" / "fruit_class=Kiwi" / "part-0.parquet")

@@ -37,7 +37,7 @@ import pytest
 
 from fruit_assets import lake
 from fruit_assets.cli import main
-from fruit_assets.erasure import CLASS_DATASETS
+from fruit_assets.prune import CLASS_DATASETS
 from tests.conftest import PROJECT_DIR, copy_images
 from tests.test_bad_input import _cmdline, spark_python_workers
 

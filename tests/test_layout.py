@@ -7,8 +7,8 @@ import pytest
 
 from fruit_assets.assets.ingest import read_class_files, with_location
 from fruit_assets.layout import LayoutError, class_folders, discover, glob_escape
-from tests.aws_server import moto_endpoint  # noqa: F401  (pytest fixture)
 from fruit_assets.partitions import class_name, contiguous_ranges, partition_key
+from tests.aws_server import moto_endpoint  # noqa: F401  (pytest fixture)
 
 
 @pytest.mark.parametrize(
@@ -55,21 +55,39 @@ def _files(root, *relative):
         (root / rel).write_bytes(b"x")
 
 
-def test_discover_refuses_a_root_one_level_too_high(tmp_path):
+def test_a_root_one_level_too_high_gets_a_warning_naming_the_right_root(tmp_path, monkeypatch):
     _files(tmp_path, "fruits-360/Test/Apple 1/a.jpg", "fruits-360/Test/Kiwi/b.jpg", "fruits-360/Training/Kiwi/c.jpg")
-    with pytest.raises(LayoutError, match=f"one level too high.* to {tmp_path}/fruits-360\\. Expected"):
-        discover(str(tmp_path))  # would take fruits-360 for the split, Test and Training for classes
-    assert discover(str(tmp_path / "fruits-360")).classes == {"Apple 1": ["Test"], "Kiwi": ["Test", "Training"]}
+    found = discover(str(tmp_path))  # fruits-360 taken for the split, Test and Training for classes
+    assert found.class_names == ["Test", "Training"]
+    assert f"the images root is one level too high: use {tmp_path}/fruits-360 " in found.nesting_note()
+    assert discover(str(tmp_path / "fruits-360")).nesting_note() is None
+
+    from fruit_assets.preflight import preflight
+    from resources import settings_resources
+
+    monkeypatch.setenv("FRUITS_IMAGES_ROOT", str(tmp_path))
+    monkeypatch.setenv("FRUITS_LAKE_ROOT", str(tmp_path / "lake"))
+    monkeypatch.setenv("FRUITS_PCA_K", "1")
+    assert found.nesting_note() in preflight(settings_resources(), weights=False).notes  # `fruits run` prints it
 
 
-def test_discover_refuses_an_s3_root_one_level_too_high(moto_endpoint):
+def test_images_nested_below_their_class_folders_keep_their_class(tmp_path):
+    """Subfolders of a class folder (say one per day) are legal: every image there is labelled with its class."""
+    _files(tmp_path, "Test/Apple/2024-01/a.jpg", "Test/Kiwi/batch1/b.jpg", "Training/Kiwi/batch2/c.jpg")
+    found = discover(str(tmp_path))
+    assert found.classes == {"Apple": ["Test"], "Kiwi": ["Test", "Training"]}
+    assert found.inventory["Kiwi"].in_subfolders == 2 and "one level too high" in found.nesting_note()
+    _files(tmp_path, "Test/Apple/d.jpg")
+    assert discover(str(tmp_path)).nesting_note() is None
+
+
+def test_an_s3_root_one_level_too_high_gets_the_same_warning(moto_endpoint):
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="layout-too-high", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
     for key in ["data/fruits-360/Test/Apple 1/a.jpg", "data/fruits-360/Test/Kiwi/b.jpg"]:
         s3.put_object(Bucket="layout-too-high", Key=key, Body=b"x")
-    with pytest.raises(LayoutError, match="one level too high.* to s3://layout-too-high/data/fruits-360\\."):
-        discover("s3://layout-too-high/data")
-    assert discover("s3://layout-too-high/data/fruits-360").class_names == ["Apple 1", "Kiwi"]
+    assert "one level too high: use s3://layout-too-high/data/fruits-360 " in discover("s3://layout-too-high/data").nesting_note()
+    assert discover("s3://layout-too-high/data/fruits-360").nesting_note() is None
 
 
 def test_discover_follows_folder_links_as_spark_does(tmp_path):
@@ -110,6 +128,24 @@ def test_discover_counts_what_spark_reads(spark, tmp_path):
         "ok/z.jpg", "plain.jpg"]
     c = found.inventory["C"]
     assert (c.images, c.files) == (len(spark_paths), len(names) + 3)
+
+
+def test_what_spark_never_enters_cannot_fail_discovery(tmp_path):
+    """Hidden folders: a loop or a name that is not UTF-8 inside `__MACOSX/` or behind `.parent` is Spark's to skip."""
+    _files(tmp_path, "Test/Apple/a.jpg", "Test/Apple/__MACOSX/x.jpg")
+    (tmp_path / "Test/Apple/.parent").symlink_to("..")
+    (tmp_path / "Test/Apple/__MACOSX/up").symlink_to("../..")
+    open(os.fsencode(tmp_path) + b"/Test/Apple/__MACOSX/\xe9t\xe9.jpg", "wb").close()
+    apple = discover(str(tmp_path)).inventory["Apple"]
+    assert (apple.images, apple.ignored) == (1, 4)
+    assert f"{tmp_path}/Test/Apple/__MACOSX/\\xe9t\\xe9.jpg" in [path for path, _ in apple.ignored_examples]
+
+
+def test_a_class_folder_link_to_nothing_is_an_error_not_an_empty_class(tmp_path):
+    _files(tmp_path, "Test/Apple/a.jpg")
+    (tmp_path / "Test/Kiwi").symlink_to(tmp_path / "unmounted/Kiwi")
+    with pytest.raises(LayoutError, match=f"class folder '{tmp_path}/Test/Kiwi' is a symbolic link to .*does not exist"):
+        discover(str(tmp_path))
 
 
 def test_discover_refuses_names_that_are_not_utf8(tmp_path):

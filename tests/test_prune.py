@@ -8,11 +8,17 @@ import pyarrow.dataset as ds
 import pytest
 
 from fruit_assets.cli import main
-from fruit_assets.erasure import CLASS_DATASETS
+from fruit_assets.prune import CLASS_DATASETS
 from tests.conftest import copy_images
 from tests.materializations import latest
 
-pytestmark = pytest.mark.slow
+
+def test_every_per_class_asset_is_pruned():
+    from fruit_assets.assets import ALL_ASSETS
+    from fruit_assets.partitions import fruit_class_partitions
+
+    per_class = {key.to_user_string() for a in ALL_ASSETS if a.partitions_def == fruit_class_partitions for key in a.keys}
+    assert per_class == set(CLASS_DATASETS)
 
 
 def labels(lake, dataset):
@@ -21,6 +27,7 @@ def labels(lake, dataset):
     return sorted(set(table.column(column).to_pylist())) if table.num_rows else []
 
 
+@pytest.mark.slow
 def test_removed_class_folder_is_pruned_only_when_asked(fruits_env, tmp_path, capsys):
     images = copy_images(tmp_path / "images", classes=["Banana", "Kiwi", "Lemon"], per_class=2)
     lake = fruits_env["lake"]

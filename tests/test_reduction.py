@@ -5,7 +5,7 @@ import pytest
 from pyspark.ml import PipelineModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
 
-from fruit_assets.assets.reduction import PcaSizeError, check_pca_size, components_needed, fit_pca
+from fruit_assets.assets.reduction import PcaInputError, check_pca_size, components_needed, fit_pca
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +51,15 @@ def test_components_needed():
 def test_identical_images_have_nothing_to_explain(spark):
     """Copies of one photo: Spark's explained variance is 0/0; say so instead of fitting NaNs."""
     same = spark.createDataFrame([([1.0, 2.0, 3.0],)] * 5, "features array<float>")
-    with pytest.raises(PcaSizeError, match="no variance at all"):
+    with pytest.raises(PcaInputError, match="no variance at all"):
         fit_pca(same, 2)
 
 
 def test_pca_size_needs_two_images_and_k_within_both_counts():
-    with pytest.raises(PcaSizeError, match="at least 2 embedded images .* found 1"):
+    with pytest.raises(PcaInputError, match="at least 2 embedded images .* found 1"):
         check_pca_size(1, 1, 1280)
-    with pytest.raises(PcaSizeError, match="k=5 is not possible with 4 images of 1280 features: choose 1 <= k <= 4"):
+    with pytest.raises(PcaInputError, match="k=5 is not possible with 4 images of 1280 features: choose 1 <= k <= 4"):
         check_pca_size(5, 4, 1280)
-    with pytest.raises(PcaSizeError, match="choose 1 <= k <= 1280"):
+    with pytest.raises(PcaInputError, match="choose 1 <= k <= 1280"):
         check_pca_size(1281, 5000, 1280)
     check_pca_size(2, 2, 1280)

@@ -15,7 +15,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from fruit_assets.erasure import CLASS_DATASETS
+from fruit_assets.prune import CLASS_DATASETS
 from tests.materializations import latest
 from tests.test_interruptions import A, B, lifecycle
 

@@ -22,17 +22,18 @@ from resources.settings import LakeSettings, PcaSettings
 PROJECTION_POINTS = 5000  # points drawn in the 2-D projection plot
 
 
-class PcaSizeError(ValueError):
-    """Too few images, images without any variance, or k above the number of features (1280) or of images."""
+class PcaInputError(ValueError):
+    """The embeddings cannot give the PCA asked for: fewer than 2 images, no variance at all, or k above the number
+    of features (1280) or of images."""
 
 
 def check_pca_size(k: int, images: int, dim: int) -> None:
     if images < 2:
-        raise PcaSizeError(
+        raise PcaInputError(
             f"PCA needs at least 2 embedded images to estimate a covariance; found {images}. Embed more images."
         )
     if not 1 <= k <= min(dim, images):
-        raise PcaSizeError(
+        raise PcaInputError(
             f"PCA k={k} is not possible with {images} images of {dim} features: "
             f"choose 1 <= k <= {min(dim, images)} (FRUITS_PCA_K or --pca-k)."
         )
@@ -77,7 +78,7 @@ def fit_pca(features: DataFrame, k: int) -> tuple[PipelineModel, np.ndarray]:
     scaler, pca = full.stages
     spectrum = pca.explainedVariance.toArray()
     if not np.isfinite(spectrum).all():  # Spark divides by the total variance: 0/0 when every vector is the same
-        raise PcaSizeError(
+        raise PcaInputError(
             "The embedded images have no variance at all (every feature vector is the same, e.g. copies of one "
             "photo): there is nothing for a PCA to explain. Embed different images."
         )
