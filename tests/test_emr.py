@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -35,6 +36,7 @@ from dagster._serdes import serialize_value
 from fruit_assets import infra
 from fruit_assets.cli import main
 from fruit_assets.engines import sha256_file
+from fruit_assets.prune import CLASS_DATASETS
 from tests.aws_server import FAKE_ENV, moto_server
 from tests.conftest import copy_images
 from tests.emr_standin import LOCAL_SPARK_SUBMIT, EmrStandIn
@@ -432,6 +434,32 @@ def test_step_that_cannot_start_surfaces_its_traceback(materialized):
     assert f"EMR step {record.step_id} failed: Unknown Error." in message
     assert "The step's own error" in message
     assert "No module named 'dagster._core.definitions.step_launcher_v0'" in message
+
+
+def test_prune_runs_as_an_emr_step(materialized, monkeypatch, tmp_path):
+    """`fruits run --prune`'s job on the emr deployment: one EMR step clears a class from every per-class dataset
+    (of a copy of the lake, so the other tests keep theirs)."""
+    import jobs
+
+    lake = tmp_path / "lake"
+    shutil.copytree(materialized["lake"], lake)
+    monkeypatch.setenv("FRUITS_LAKE_ROOT", f"file://{lake}")
+    fresh_definitions()
+    before = len(materialized["standin"].records)
+    try:
+        result = dg.execute_job(dg.reconstructable(jobs.prune_classes), instance=materialized["instance"],
+                                run_config={"ops": {"prune_classes_from_lake": {"config": {"classes": ["Banana"]}}}})
+    finally:
+        monkeypatch.undo()
+        fresh_definitions()
+    assert result.success, _failures(result)
+    [record] = materialized["standin"].records[before:]
+    assert record.state == "COMPLETED" and record.command[0] == LOCAL_SPARK_SUBMIT
+    for dataset in CLASS_DATASETS:
+        table = read(lake, dataset)  # image_errors has no rows here, so no partition column either
+        assert table.num_rows == 0 or "Banana" not in set(table.column("fruit_class").to_pylist()), dataset
+    assert set(read(lake, "mobilenet_features").column("label").to_pylist()) == {"Apple Red Yellow 1"}
+    assert set(read(materialized["lake"], "mobilenet_features").column("label").to_pylist()) == set(CLASSES)
 
 
 # ---------------------------------------------------------------------------------------------
