@@ -202,8 +202,8 @@ def preflight(settings: dict, classes: list[str] | None = None, limit_per_class:
         )
     if found.outside_classes:
         plan.notes.append(found.outside_message())
-    if found.nesting_note():
-        plan.notes.append(found.nesting_note())
+    if note := found.nesting_note():
+        plan.notes.append(note)
     if weights:
         plan.artifact = check_weights(mobilenet.engine, mobilenet.weights, os.path.expanduser(mobilenet.cache_dir))
     return plan

@@ -103,8 +103,8 @@ def raw_images(
         )
     if found.outside_classes:
         context.log.warning(found.outside_message(limit=20))
-    if found.nesting_note():
-        context.log.warning(found.nesting_note())
+    if note := found.nesting_note():
+        context.log.warning(note)
     if sum(ignored.values()):
         context.log.info(f"{sum(ignored.values())} file(s) ignored in class folders, e.g. {ignored_examples[:5]}")
     context.log.info(
