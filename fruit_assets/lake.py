@@ -114,12 +114,12 @@ def validate_root(root: str) -> str:
     if not root:
         raise LakePathError("The lake root is empty (set FRUITS_LAKE_ROOT or --lake).")
     root = check_uri(root, "lake root", "FRUITS_LAKE_ROOT or --lake")
-    special = sorted(set(root) & set(_PATTERN_CHARS))
+    special = ", ".join(map(repr, sorted(set(root) & set(_PATTERN_CHARS))))
     if special:
         raise LakePathError(
-            f"Refusing the lake root {root!r} (FRUITS_LAKE_ROOT or --lake): Spark reads {', '.join(map(repr, special))} "
-            "in a path as a file pattern or a list of paths, so its datasets could not be read back. Choose a folder "
-            "name without any of " + " ".join(_PATTERN_CHARS) + "."
+            f"Refusing the lake root {root!r} (FRUITS_LAKE_ROOT or --lake): Spark reads {special} in a path as a "
+            "file pattern or a list of paths, so its datasets could not be read back. Choose a folder name without "
+            "any of " + " ".join(_PATTERN_CHARS) + "."
         )
     if "://" not in root and not root.startswith("file:"):
         root = os.path.abspath(os.path.expanduser(root))
