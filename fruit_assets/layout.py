@@ -7,8 +7,9 @@ The listing is also the inventory that lets a run say exactly what it skipped: e
 either an image that Spark reads (and that becomes a feature vector or an error row) or is ignored with a reason
 (not an image extension; a hidden name or a broken symbolic link, which Spark's file sources skip without a word).
 Image files outside any class folder and class folders without images are reported, not processed. Like Hadoop's
-local file system, the listing follows symbolic links to folders. What Spark would silently misread (a root one level
-too high, a link that loops, names that are not UTF-8) is a LayoutError.
+local file system, the listing follows symbolic links to folders. What Spark would silently misread (a link that
+loops, a class folder linked to nothing, names that are not UTF-8) is a LayoutError; a root that looks one level too
+high gets a warning (`Discovery.nesting_note`).
 """
 
 from __future__ import annotations
@@ -169,8 +170,9 @@ def printable(path: str) -> str:
 
 
 def _walk(top: str):
-    """os.walk following symbolic links to folders, as Hadoop's local listing does, refusing a link that loops.
-    Links inside hidden folders, and hidden links, are not followed: Spark never lists them."""
+    """os.walk following symbolic links to folders, as Hadoop's local listing does, refusing a link that loops; yields
+    (folder, dirs, names, hidden). Links inside hidden folders, and hidden links, are not followed: Spark never lists
+    them, and `hidden` says a folder is one Spark never enters."""
 
     def unlistable(error: OSError):
         raise LayoutError(f"Cannot list {error.filename!r} under a class folder: {error.strerror}.")
@@ -178,7 +180,7 @@ def _walk(top: str):
     above = {top: [os.path.realpath(top)]}  # folder -> real paths of it and the folders it is in, in this walk
     for folder, dirs, names in os.walk(top, onerror=unlistable, followlinks=True):
         chain = above.pop(folder)
-        hidden = chain is None or any(spark_skips(part, True) for part in Path(folder).relative_to(top).parts)
+        hidden = any(spark_skips(part, True) for part in Path(folder).relative_to(top).parts)
         dirs.sort()
         for name in list(dirs):
             path = os.path.join(folder, name)
@@ -195,7 +197,7 @@ def _walk(top: str):
                         f"list it endlessly (the same images again and again). Remove the link or point it elsewhere."
                     )
                 above[path] = [*chain, real]
-        yield folder, dirs, names
+        yield folder, dirs, names, hidden
 
 
 def _discover_local(root: str) -> Discovery:
@@ -233,9 +235,9 @@ def _discover_local(root: str) -> Discovery:
                 continue
             files = found.inventory.setdefault(entry.name, ClassFiles())
             files.splits.append(split_dir.name)
-            for folder, dirs, names in _walk(str(entry)):
+            for folder, dirs, names, hidden in _walk(str(entry)):
                 relative = Path(folder).relative_to(entry).parts
-                if not any(spark_skips(part, True) for part in relative):  # Spark never enters hidden folders
+                if not hidden:  # what Spark never lists cannot trouble it
                     dirs[:] = [d for d in dirs if spark_skips(d, True) or decodable(os.path.join(folder, d))]
                     names = [n for n in names if spark_skips(n, False) or decodable(os.path.join(folder, n))]
                 for name in sorted(names):
