@@ -26,7 +26,6 @@ import time
 
 import dagster as dg
 import numpy as np
-import pyarrow.dataset as ds
 import pytest
 from PIL import Image
 
@@ -44,6 +43,7 @@ from tests.awkward_corpus import (
     WEIRD_CLASS,
     build_awkward_corpus,
 )
+from tests import lake_tables
 from tests.conftest import TEST_SPLIT, _require_shared
 from tests.materializations import latest, per_class
 
@@ -149,7 +149,7 @@ class MemorySampler(threading.Thread):
 
 
 def read(lake, name):
-    return ds.dataset(str(lake / name), format="parquet", partitioning="hive", ignore_prefixes=[".", "_"]).to_table().to_pandas()
+    return lake_tables.read(lake, name).to_pandas()
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,6 @@ from pathlib import Path
 import boto3
 import dagster as dg
 import numpy as np
-import pyarrow.dataset as ds
 import pytest
 from dagster._serdes import serialize_value
 
@@ -40,6 +39,7 @@ from fruit_assets.prune import CLASS_DATASETS
 from tests.aws_server import FAKE_ENV, moto_server
 from tests.conftest import copy_images
 from tests.emr_standin import LOCAL_SPARK_SUBMIT, EmrStandIn
+from tests.lake_tables import read
 from tests.materializations import latest, per_class
 
 pytestmark = [
@@ -126,10 +126,6 @@ def fresh_definitions() -> None:
     sys.modules.pop("fruit_assets.definitions", None)
     ReconstructableJob.get_definition.cache_clear()
     ReconstructableJob.get_repository_definition.cache_clear()
-
-
-def read(lake: Path, name: str):
-    return ds.dataset(str(lake / name), format="parquet", partitioning="hive", ignore_prefixes=[".", "_"]).to_table()
 
 
 @pytest.fixture(scope="module")

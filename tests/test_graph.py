@@ -5,20 +5,16 @@ import os
 
 import dagster as dg
 import numpy as np
-import pyarrow.dataset as ds
 import pytest
 
 from fruit_assets.cli import main
 from fruit_assets.engines import sha256_file
 from tests.conftest import CLASSES, IMAGES_PER_CLASS
+from tests.lake_tables import read
 from tests.materializations import latest, partition_events, per_class
 
 pytestmark = pytest.mark.slow
 K = 5
-
-
-def read(lake, name):
-    return ds.dataset(str(lake / name), format="parquet", partitioning="hive", ignore_prefixes=[".", "_"]).to_table()
 
 
 @pytest.fixture(scope="module")

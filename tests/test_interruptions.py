@@ -32,13 +32,13 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import pyarrow.dataset as ds
 import pytest
 
 from fruit_assets import lake
 from fruit_assets.cli import main
 from fruit_assets.prune import CLASS_DATASETS
 from tests.conftest import PROJECT_DIR, copy_images
+from tests.lake_tables import read
 from tests.test_bad_input import _cmdline, spark_python_workers
 
 A, B = "Banana", "Kiwi"
@@ -65,7 +65,7 @@ def tag_of(pid: int, ms: int | None = None) -> str:
 
 def pyarrow_rows(path) -> list[tuple]:
     """What a reader that is not Spark (pyarrow, hive partitions, hidden names ignored) sees at `path`."""
-    table = ds.dataset(str(path), format="parquet", partitioning="hive", ignore_prefixes=[".", "_"]).to_table()
+    table = read(path.parent, path.name)
     return sorted(tuple(r.values()) for r in table.to_pylist())
 
 
@@ -295,7 +295,7 @@ def snapshot(lake_dir: Path) -> dict:
     """Every dataset of the lake as pandas, sorted by path (the CSV export as text lines)."""
     out = {}
     for name in PARQUET_DATASETS:
-        df = ds.dataset(str(lake_dir / name), format="parquet", partitioning="hive", ignore_prefixes=[".", "_"]).to_table().to_pandas()
+        df = read(lake_dir, name).to_pandas()
         key = "path" if "path" in df else "component" if "component" in df else None
         out[name] = df.sort_values(key).reset_index(drop=True) if key else df
     out["pca_features_csv"] = sorted(

@@ -4,12 +4,12 @@ from every per-class dataset, from Dagster's partitions and from the PCA."""
 import shutil
 
 import dagster as dg
-import pyarrow.dataset as ds
 import pytest
 
 from fruit_assets.cli import main
 from fruit_assets.prune import CLASS_DATASETS
 from tests.conftest import copy_images
+from tests.lake_tables import read
 from tests.materializations import latest
 
 
@@ -22,7 +22,7 @@ def test_every_per_class_asset_is_pruned():
 
 
 def labels(lake, dataset):
-    table = ds.dataset(str(lake / dataset), format="parquet", partitioning="hive", ignore_prefixes=[".", "_"]).to_table()
+    table = read(lake, dataset)
     column = "fruit_class" if "fruit_class" in table.column_names else "label"  # pca_features is not per class
     return sorted(set(table.column(column).to_pylist())) if table.num_rows else []
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CLASSES, PROJECT_DIR, copy_images
+from tests.lake_tables import lake_dataset
 
 pytestmark = [pytest.mark.ui, pytest.mark.slow]
 
@@ -539,7 +540,7 @@ def test_readme_lake_layout_matches_the_lake(ui):
         spark_schema = json.loads((lake / name / "_schema.json").read_text())  # there even when no rows are
         declared = {f["name"]: spark_type(f["type"]) for f in spark_schema["fields"]}
         assert declared == columns, f"{name}: README says {columns}, its _schema.json has {declared}"
-        dataset = ds.dataset(str(lake / name), format="parquet", partitioning="hive", ignore_prefixes=[".", "_"])
+        dataset = lake_dataset(lake, name)
         if dataset.files:
             actual = {field.name: arrow_type(field.type) for field in dataset.schema}
             assert actual == columns, f"{name}: README says {columns}, the Parquet files have {actual}"
