@@ -19,6 +19,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 INPUT_SIZE = (224, 224)
 # PIL's own decompression-bomb threshold (it raises only at twice this); we refuse at the threshold itself.
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+UNREADABLE = (
+    "cannot be read: no read permission for the user running Spark (make the file readable, then re-materialize "
+    "its class)"
+)
 
 
 class ImageDecodeError(Exception):
@@ -50,7 +54,9 @@ def _pil_limit_at_least(max_pixels: int):
 
 def open_image(content: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
     """Open and fully decode `content`, raising ImageDecodeError with a specific reason."""
-    if content is None or len(content) == 0:
+    if content is None:  # raw_images' row for a file the listing found unreadable (layout.ClassFiles)
+        raise ImageDecodeError(UNREADABLE)
+    if len(content) == 0:
         raise ImageDecodeError("empty file (0 bytes)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)

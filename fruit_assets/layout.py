@@ -6,6 +6,8 @@ Listing runs in the Dagster process (which on EMR has no Spark), so it uses the 
 The listing is also the inventory that lets a run say exactly what it skipped: every file under a class folder is
 either an image that Spark reads (and that becomes a feature vector or an error row) or is ignored with a reason
 (not an image extension; a hidden name or a broken symbolic link, which Spark's file sources skip without a word).
+Empty image files and images this user may not read are error rows too: Spark would skip the first and fail the run
+on the second, so raw_images writes their rows itself.
 Image files outside any class folder and class folders without images are reported, not processed. Like Hadoop's
 local file system, the listing follows symbolic links to folders. What Spark would silently misread (a link that
 loops, a class folder linked to nothing, names that are not UTF-8) is a LayoutError; a root that looks one level too
@@ -88,8 +90,11 @@ class ClassFiles:
     ignored: int = 0  # files - images
     ignored_examples: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), the first few
     zero_byte_images: list[str] = field(default_factory=list)  # image files of 0 bytes, which Spark does not list
+    unreadable_images: list[tuple[str, int]] = field(default_factory=list)  # (path, size): no read permission
 
-    def add(self, split: str, path: str, parts: list[str], size: int, reason: str | None = None) -> None:
+    def add(
+        self, split: str, path: str, parts: list[str], size: int, reason: str | None = None, readable: bool = True
+    ) -> None:
         self.files += 1
         reason = reason or ignore_reason(parts)
         if reason is None:
@@ -98,6 +103,8 @@ class ClassFiles:
             self.in_subfolders += len(parts) > 1
             if size == 0:
                 self.zero_byte_images.append(path)
+            elif not readable:
+                self.unreadable_images.append((path, size))
         else:
             self.ignored += 1
             if len(self.ignored_examples) < IGNORED_EXAMPLES:
@@ -248,7 +255,8 @@ def _discover_local(root: str) -> Discovery:
                         size = -1
                         reason = ("broken symbolic link: its target does not exist" if os.path.islink(path)
                                   else f"cannot be read: {exc.strerror}")
-                    files.add(split_dir.name, printable(path), [*relative, name], size, reason)
+                    readable = reason is not None or os.access(path, os.R_OK)
+                    files.add(split_dir.name, printable(path), [*relative, name], size, reason, readable)
     for entry in sorted(top.iterdir()):
         if entry.is_file() and is_image_path(entry.name) and decodable(entry):
             found.outside_classes.append(str(entry))

@@ -26,8 +26,16 @@ class RawImagesConfig(dg.Config):
 
 
 def read_class_files(spark, folders: list[str]) -> DataFrame:
-    """Every file under the given class folders (Spark reads a file's bytes only if `content` is used)."""
-    return spark.read.format("binaryFile").option("recursiveFileLookup", "true").load([glob_escape(f) for f in folders])
+    """Every file under the given class folders (Spark reads a file's bytes only if `content` is used).
+
+    A file Spark lists but cannot open (no read permission, or removed since the listing) is skipped rather than
+    failing the whole run after four task retries; raw_images writes the unreadable images' rows itself."""
+    return (
+        spark.read.format("binaryFile")
+        .option("recursiveFileLookup", "true")
+        .option("ignoreMissingFiles", "true")  # Java reports "Permission denied" as FileNotFoundException
+        .load([glob_escape(f) for f in folders])
+    )
 
 
 # Both ingest assets: one partition per class, backfilled in one run, stored as Parquet in the lake.
@@ -71,9 +79,19 @@ def raw_images(
     inventory = {c: found.inventory[c] for c in classes}
     all_folders = [f"{found.root}/{split}/{c}" for c in classes for split in inventory[c].splits]
     files = read_class_files(spark, all_folders).select("path", "length", "content")
-    zero_bytes = [spark_path(p) for c in classes for p in inventory[c].zero_byte_images]
-    if zero_bytes:  # Spark's file sources skip empty files; they are broken uploads, so they become error rows
-        files = files.unionByName(spark.createDataFrame([(p, 0, bytearray()) for p in zero_bytes], files.schema))
+    # Rows Spark would not give: empty files (its file sources skip them) and files this user may not read (Spark
+    # lists them, then skips them). Both become error rows downstream; null content marks the unreadable.
+    unreadable = {spark_path(p): size for c in classes for p, size in inventory[c].unreadable_images}
+    placeholders = [(p, 0, bytearray()) for c in classes for p in map(spark_path, inventory[c].zero_byte_images)]
+    placeholders += [(p, size, None) for p, size in unreadable.items()]
+    if unreadable:
+        files = files.where(~F.col("path").isin(list(unreadable)))
+        context.log.warning(
+            f"{len(unreadable)} image file(s) cannot be read by this user (no read permission); they become rows of "
+            f"image_errors: {sorted(unreadable)[:10]}"
+        )
+    if placeholders:
+        files = files.unionByName(spark.createDataFrame(placeholders, files.schema))
     files = with_location(files, images.root).select("path", "length", "content", F.col("label").alias(PARTITION_COLUMN))
     is_image = F.col("path").rlike(IMAGE_PATH_REGEX)
     listing = files.where(is_image).groupBy(PARTITION_COLUMN)
