@@ -52,8 +52,9 @@ def embed_column(
                 except Exception as exc:  # one odd file must not fail the whole batch
                     errors[i] = f"unexpected decoding failure: {type(exc).__name__}: {exc}"
                 if pending and (len(pending) == size or i == len(images) - 1):
+                    # PySpark 3.5 converts array results element by element, a third faster from lists than from numpy
                     for row, vector in zip(pending, run(buffer[: len(pending)])):
-                        features[row] = vector
+                        features[row] = vector.tolist()
                     pending = []
             yield pd.DataFrame({"features": features, "error": errors})
 
