@@ -6,8 +6,8 @@ Listing runs in the Dagster process (which on EMR has no Spark), so it uses the 
 The listing is also the inventory that lets a run say exactly what it skipped: every file under a class folder is
 either an image that Spark reads (and that becomes a feature vector or an error row) or is ignored with a reason
 (not an image extension; a hidden name or a broken symbolic link, which Spark's file sources skip without a word).
-Empty image files and images this user may not read are error rows too: Spark would skip the first and fail the run
-on the second, so raw_images writes their rows itself.
+Empty image files and images this user may not read are error rows too: Spark gives no row for either (it skips
+empty files and cannot open the others), so raw_images writes their rows itself.
 Image files outside any class folder and class folders without images are reported, not processed. Like Hadoop's
 local file system, the listing follows symbolic links to folders. What Spark would silently misread (a link that
 loops, a class folder linked to nothing, names that are not UTF-8) is a LayoutError; a root that looks one level too
