@@ -250,12 +250,11 @@ def _discover_local(root: str) -> Discovery:
                 for name in sorted(names):
                     path = os.path.join(folder, name)
                     try:
-                        size, reason = os.stat(path).st_size, None
+                        size, reason, readable = os.stat(path).st_size, None, os.access(path, os.R_OK)
                     except OSError as exc:  # Hadoop's listing skips what it cannot stat, without a word
-                        size = -1
+                        size, readable = -1, False
                         reason = ("broken symbolic link: its target does not exist" if os.path.islink(path)
                                   else f"cannot be read: {exc.strerror}")
-                    readable = reason is not None or os.access(path, os.R_OK)
                     files.add(split_dir.name, printable(path), [*relative, name], size, reason, readable)
     for entry in sorted(top.iterdir()):
         if entry.is_file() and is_image_path(entry.name) and decodable(entry):
